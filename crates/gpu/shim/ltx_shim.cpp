@@ -1,0 +1,128 @@
+// c10/ATen CUDA calls behind a C ABI. Every entry point catches C++ exceptions: none may cross
+// into Rust.
+#include "ltx_shim.h"
+
+#include <ATen/Context.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/headeronly/version.h>
+
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace {
+
+void write_err(char *err, size_t err_len, const char *msg) {
+  if (err == nullptr || err_len == 0) return;
+  std::strncpy(err, msg, err_len - 1);
+  err[err_len - 1] = '\0';
+}
+
+template <typename F>
+int guarded(char *err, size_t err_len, F &&f) {
+  try {
+    f();
+    return 0;
+  } catch (const c10::Error &e) {
+    write_err(err, err_len, e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    write_err(err, err_len, e.what());
+  } catch (...) {
+    write_err(err, err_len, "unknown C++ exception");
+  }
+  return 1;
+}
+
+void check_device(int device) {
+  const int count = c10::cuda::device_count();
+  TORCH_CHECK(device >= 0 && device < count, "CUDA device ", device, " does not exist (", count,
+              " device(s))");
+}
+
+ltx_stream to_c(const c10::cuda::CUDAStream &s) {
+  const c10::StreamData3 d = s.pack3();
+  ltx_stream out;
+  out.id = d.stream_id;
+  out.device_index = d.device_index;
+  out.device_type = static_cast<int8_t>(d.device_type);
+  out.raw = static_cast<void *>(s.stream());
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *ltx_torch_version(void) { return TORCH_VERSION; }
+
+int ltx_cuda_device_count(void) { return c10::cuda::device_count(); }
+
+int ltx_cuda_init(char *err, size_t err_len) {
+  return guarded(err, err_len, [] { at::globalContext().lazyInitDevice(c10::DeviceType::CUDA); });
+}
+
+int ltx_cuda_memory_stats(int device, ltx_mem_stats *out, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    check_device(device);
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
+    const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    out->allocated_bytes = stats.allocated_bytes[agg].current;
+    out->reserved_bytes = stats.reserved_bytes[agg].current;
+    out->peak_allocated_bytes = stats.allocated_bytes[agg].peak;
+    out->peak_reserved_bytes = stats.reserved_bytes[agg].peak;
+  });
+}
+
+int ltx_cuda_reset_peak_stats(int device, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    check_device(device);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+  });
+}
+
+int ltx_cuda_empty_cache(char *err, size_t err_len) {
+  return guarded(err, err_len, [] { c10::cuda::CUDACachingAllocator::emptyCache(); });
+}
+
+int ltx_cuda_set_memory_fraction(double fraction, int device, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    check_device(device);
+    TORCH_CHECK(fraction > 0.0 && fraction <= 1.0, "memory fraction must be in (0, 1], got ",
+                fraction);
+    c10::cuda::CUDACachingAllocator::setMemoryFraction(fraction, device);
+  });
+}
+
+int ltx_cuda_stream_from_pool(int device, int high_priority, ltx_stream *out, char *err,
+                              size_t err_len) {
+  return guarded(err, err_len, [&] {
+    check_device(device);
+    *out = to_c(c10::cuda::getStreamFromPool(high_priority != 0, device));
+  });
+}
+
+int ltx_cuda_stream_from_external(void *cuda_stream, int device, ltx_stream *out, char *err,
+                                  size_t err_len) {
+  return guarded(err, err_len, [&] {
+    check_device(device);
+    *out = to_c(c10::cuda::getStreamFromExternal(static_cast<cudaStream_t>(cuda_stream), device));
+  });
+}
+
+int ltx_cuda_current_stream(int device, ltx_stream *out, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    check_device(device);
+    *out = to_c(c10::cuda::getCurrentCUDAStream(device));
+  });
+}
+
+int ltx_cuda_set_current_stream(ltx_stream stream, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    c10::cuda::setCurrentCUDAStream(c10::cuda::CUDAStream::unpack3(
+        stream.id, stream.device_index, static_cast<c10::DeviceType>(stream.device_type)));
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,53 @@
+/* C interface over c10's CUDA API (caching allocator, streams) and ATen's CUDA initialisation.
+ * bindgen turns this header into Rust (crates/gpu/build.rs). Every fallible call returns 0 on
+ * success, or non-zero with a NUL-terminated message in err (err_len bytes, truncated). */
+#ifndef LTX_SHIM_H
+#define LTX_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  int64_t allocated_bytes;
+  int64_t reserved_bytes;
+  int64_t peak_allocated_bytes;
+  int64_t peak_reserved_bytes;
+} ltx_mem_stats;
+
+/* A torch CUDA stream: its packed identity (to hand back to c10) and the raw cudaStream_t. */
+typedef struct {
+  int64_t id;
+  int8_t device_index;
+  int8_t device_type;
+  void *raw;
+} ltx_stream;
+
+/* Version of the libtorch headers the shim was compiled against, e.g. "2.11.0". */
+const char *ltx_torch_version(void);
+
+/* Devices the CUDA runtime reports; 0 when there is no driver or no device. Never fails. */
+int ltx_cuda_device_count(void);
+
+/* ATen's lazy CUDA initialisation (needs libtorch_cuda loaded): sets up the caching allocator. */
+int ltx_cuda_init(char *err, size_t err_len);
+
+int ltx_cuda_memory_stats(int device, ltx_mem_stats *out, char *err, size_t err_len);
+int ltx_cuda_reset_peak_stats(int device, char *err, size_t err_len);
+int ltx_cuda_empty_cache(char *err, size_t err_len);
+/* Caps this process's share of the device, as torch.cuda.set_per_process_memory_fraction. */
+int ltx_cuda_set_memory_fraction(double fraction, int device, char *err, size_t err_len);
+
+int ltx_cuda_stream_from_pool(int device, int high_priority, ltx_stream *out, char *err, size_t err_len);
+int ltx_cuda_stream_from_external(void *cuda_stream, int device, ltx_stream *out, char *err, size_t err_len);
+int ltx_cuda_current_stream(int device, ltx_stream *out, char *err, size_t err_len);
+int ltx_cuda_set_current_stream(ltx_stream stream, char *err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,38 @@
+/* Parameter structs shared by the CUDA kernels (kernels/*.cu) and Rust (bindgen, crates/gpu).
+ * Plain C types only: NVRTC compiles this without any system header, and bindgen maps
+ * `long long` to i64 and `int` to i32 on every supported target. A kernel takes its struct
+ * by value as its only parameter, so both sides must agree on this layout exactly. */
+#ifndef LTX_KERNELS_ABI_H
+#define LTX_KERNELS_ABI_H
+
+/* Weighted tile accumulation for tiled VAE decoding.
+ *
+ * A decoded tile `tile[c, tf, ty, tx]` (contiguous, float32) lands at offset (f0, y0, x0) of
+ * the canvas `out[c, f, y, x]` (contiguous, float32, `channels` x out_f x out_h x out_w):
+ *
+ *   w          = wt[tf] * wy[ty] * wx[tx]          (separable feather weights)
+ *   out[c,f,y,x] += w * tile[c,tf,ty,tx]           for every channel c
+ *   wsum[f,y,x]  += w                              (once per pixel, not per channel)
+ *
+ * Tile pixels that fall outside the canvas are skipped. Tiles accumulate one launch at a time
+ * on one stream, so a launch owns every pixel it touches and needs no atomics. */
+typedef struct {
+  float *out;
+  float *wsum;
+  const float *tile;
+  const float *wt;
+  const float *wy;
+  const float *wx;
+  long long channels;
+  long long out_f;
+  long long out_h;
+  long long out_w;
+  long long tile_f;
+  long long tile_h;
+  long long tile_w;
+  long long f0;
+  long long y0;
+  long long x0;
+} ltx_tile_accumulate_params;
+
+#endif

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Provisions what the build needs and nothing else: the CPU subset of libtorch 2.11.0, the CUDA
+# headers and NVRTC, from wheels pinned by sha256 in scripts/libtorch.lock, into .libtorch/.
+# Idempotent: a second run finds the stamp and does nothing. Set LIBTORCH to use your own
+# libtorch instead (then this script only checks the build tools).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+lock="$root/scripts/libtorch.lock"
+dest="$root/.libtorch"
+stamp="$dest/.complete"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# bindgen (crates/gpu) needs libclang at build time.
+have_libclang() {
+  [ -n "${LIBCLANG_PATH:-}" ] && return 0
+  ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' && return 0
+  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+}
+if ! have_libclang; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing libclang-dev (bindgen needs libclang)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
+  else
+    die "bindgen needs libclang: install it (Debian/Ubuntu: sudo apt-get install libclang-dev) or set LIBCLANG_PATH"
+  fi
+fi
+
+if [ -n "${LIBTORCH:-}" ] && [ "$(cd "$LIBTORCH" 2>/dev/null && pwd)" != "$dest" ]; then
+  [ -d "$LIBTORCH/lib" ] && [ -d "$LIBTORCH/include" ] || die "LIBTORCH=$LIBTORCH has no lib/ and include/"
+  say "LIBTORCH=$LIBTORCH is set: skipping the libtorch download"
+  exit 0
+fi
+
+want=$(sha256sum "$lock" | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  say "libtorch ready in $dest"
+  exit 0
+fi
+
+command -v python3 >/dev/null || die "python3 with pip is needed to download the pinned wheels"
+command -v unzip >/dev/null || die "unzip is needed to extract the wheels"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ltx-libtorch.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+reqs="$work/requirements.txt"
+grep -v '^#' "$lock" | awk 'NF==2 {print $1 " --hash=sha256:" $2}' >"$reqs"
+
+say "downloading the pinned wheels (about 0.6 GB)"
+python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+  --python-version 3.11 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_25_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 \
+  -r "$reqs" -d "$work/wheels"
+
+# pip checked the hashes already; check again here so the pin does not depend on pip's behaviour.
+grep -v '^#' "$lock" | awk 'NF==2' | while read -r req sha; do
+  name=${req%%==*}; version=${req##*==}
+  file=$(ls "$work/wheels/${name//-/_}-${version}-"*.whl 2>/dev/null | head -n1)
+  [ -n "$file" ] || die "pip did not deliver $req"
+  got=$(sha256sum "$file" | cut -d' ' -f1)
+  [ "$got" = "$sha" ] || die "$file: sha256 $got, pinned $sha"
+done
+
+stage="$work/stage"
+mkdir -p "$stage/lib" "$stage/include" "$stage/cuda/include"
+x="$work/x"
+for whl in "$work/wheels"/*.whl; do
+  case "$(basename "$whl")" in
+    torch-*)
+      unzip -q "$whl" 'torch/include/*' 'torch/lib/libtorch_cpu.so' 'torch/lib/libtorch.so' \
+        'torch/lib/libc10.so' 'torch/lib/libc10_cuda.so' 'torch/lib/libgomp.so.1' -d "$x"
+      cp -a "$x/torch/include/." "$stage/include/"
+      cp -a "$x/torch/lib/." "$stage/lib/"
+      ;;
+    nvidia_cuda_cupti-*)
+      unzip -q "$whl" 'nvidia/cu13/lib/libcupti.so.13' -d "$x" ;;
+    *)
+      unzip -q -o "$whl" 'nvidia/cu13/include/*' 'nvidia/cu13/lib/libcudart.so.13' \
+        'nvidia/cu13/lib/libnvrtc.so.13' 'nvidia/cu13/lib/libnvrtc-builtins.so.13.0' -d "$x" 2>/dev/null \
+        || [ $? -eq 11 ]  # 11: some of the patterns are not in this wheel
+      ;;
+  esac
+done
+cp -a "$x/nvidia/cu13/include/." "$stage/cuda/include/"
+cp -a "$x/nvidia/cu13/lib/." "$stage/lib/"
+grep '^torch==' "$lock" | awk '{print $1}' | cut -d= -f3 >"$stage/build-version"
+
+for f in libtorch_cpu.so libtorch.so libc10.so libc10_cuda.so libgomp.so.1 libcudart.so.13 \
+  libcupti.so.13 libnvrtc.so.13 libnvrtc-builtins.so.13.0; do
+  [ -f "$stage/lib/$f" ] || die "extraction lost lib/$f"
+done
+[ -f "$stage/include/torch/csrc/api/include/torch/torch.h" ] || die "extraction lost the torch headers"
+[ -f "$stage/cuda/include/cuda_runtime_api.h" ] || die "extraction lost the CUDA headers"
+
+rm -rf "$dest"
+mv "$stage" "$dest"
+echo "$want" >"$stamp"
+say "libtorch $(cat "$dest/build-version") (CPU subset), CUDA headers and NVRTC ready in $dest ($(du -sh "$dest" | cut -f1))"
