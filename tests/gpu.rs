@@ -1,0 +1,239 @@
+//! GPU suite: needs an NVIDIA GPU and a torch 2.11 CUDA install (see README "GPU usage").
+//! On a machine without one every test prints `skipped: no CUDA device (…)` and passes.
+//! The tests share one device and change process-wide allocator settings, so they take a lock.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ltx_gpu::cuda::{self, CudaDevice};
+use ltx_gpu::kernels::tile_accumulate::{self, Canvas, Placement, Tile};
+use ltx_gpu::kernels::KernelRegistry;
+use tch::{Device, Kind, Tensor};
+
+static GPU: Mutex<()> = Mutex::new(());
+const MIB: i64 = 1 << 20;
+
+fn device() -> Option<CudaDevice> {
+    match cuda::open(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    GPU.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fresh_seed() -> i64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as i64;
+    let _ = writeln!(std::io::stderr(), "seed {nanos}");
+    nanos
+}
+
+fn sync(d: &CudaDevice) {
+    tch::Cuda::synchronize(d.index() as i64);
+}
+
+#[test]
+fn libtorch_cuda_loads_and_torch_computes_on_the_device() {
+    let Some(d) = device() else { return };
+    let _g = lock();
+    assert!(tch::Cuda::is_available());
+    assert!(tch::Cuda::device_count() >= 1);
+    let rt = cuda::runtime().unwrap();
+    let _ = writeln!(
+        std::io::stderr(),
+        "libtorch_cuda from {:?}, {} device(s)",
+        rt.libtorch_cuda,
+        rt.device_count
+    );
+    let x = Tensor::arange(1000, (Kind::Float, Device::Cuda(d.index())));
+    assert_eq!(x.sum(Kind::Double).double_value(&[]), 499_500.0);
+}
+
+#[test]
+fn tile_accumulate_kernel_matches_the_tch_reference() {
+    let Some(d) = device() else { return };
+    let _g = lock();
+    tch::manual_seed(fresh_seed());
+    let registry = KernelRegistry::new(d.clone()).unwrap();
+    let gpu = Device::Cuda(d.index());
+    let dims = [3i64, 9, 67, 93]; // odd sizes: partial blocks and clipped tiles
+    let placements = [
+        Placement {
+            f0: 0,
+            y0: 0,
+            x0: 0,
+        },
+        Placement {
+            f0: 2,
+            y0: 30,
+            x0: 50,
+        },
+        Placement {
+            f0: -3,
+            y0: -10,
+            x0: -7,
+        },
+        Placement {
+            f0: 5,
+            y0: 60,
+            x0: 90,
+        },
+    ];
+    let mut out_cpu = Tensor::randn(dims, (Kind::Float, Device::Cpu));
+    let mut wsum_cpu = Tensor::rand(&dims[1..], (Kind::Float, Device::Cpu));
+    let mut out_gpu = out_cpu.to(gpu);
+    let mut wsum_gpu = wsum_cpu.to(gpu);
+    // Run on a pool stream, not the default one: the kernel must follow torch's current stream.
+    let stream = d.stream_from_pool(false).unwrap();
+    let guard = d.use_stream(stream).unwrap();
+    for at in placements {
+        let data = Tensor::randn([3, 6, 41, 57], (Kind::Float, Device::Cpu));
+        let w: Vec<Tensor> = [6, 41, 57]
+            .iter()
+            .map(|&n| Tensor::rand([n], (Kind::Float, Device::Cpu)))
+            .collect();
+        let tile = Tile {
+            data: &data,
+            wt: &w[0],
+            wy: &w[1],
+            wx: &w[2],
+        };
+        tile_accumulate::reference(
+            &mut Canvas {
+                out: &mut out_cpu,
+                wsum: &mut wsum_cpu,
+            },
+            &tile,
+            at,
+        )
+        .unwrap();
+        let (dg, wg): (Tensor, Vec<Tensor>) = (data.to(gpu), w.iter().map(|t| t.to(gpu)).collect());
+        let tile = Tile {
+            data: &dg,
+            wt: &wg[0],
+            wy: &wg[1],
+            wx: &wg[2],
+        };
+        tile_accumulate::accumulate(
+            Some(&registry),
+            &mut Canvas {
+                out: &mut out_gpu,
+                wsum: &mut wsum_gpu,
+            },
+            &tile,
+            at,
+        )
+        .unwrap();
+    }
+    drop(guard);
+    sync(&d);
+    // fp32 both sides; the kernel may fuse multiply-add (one rounding instead of two).
+    let err_out = (out_gpu.to(Device::Cpu) - &out_cpu)
+        .abs()
+        .max()
+        .double_value(&[]);
+    let err_w = (wsum_gpu.to(Device::Cpu) - &wsum_cpu)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        err_out <= 1e-5 && err_w <= 1e-5,
+        "max abs error out {err_out}, wsum {err_w}"
+    );
+    assert!(!bool::try_from(out_gpu.isnan().any()).unwrap());
+}
+
+#[test]
+fn allocator_stats_follow_an_allocation_and_empty_cache_returns_it() {
+    let Some(d) = device() else { return };
+    let _g = lock();
+    let gpu = Device::Cuda(d.index());
+    sync(&d);
+    d.empty_cache().unwrap();
+    d.reset_peak_stats().unwrap();
+    let before = d.memory_stats().unwrap();
+    let t = Tensor::zeros([256 * MIB / 4], (Kind::Float, gpu));
+    sync(&d);
+    let during = d.memory_stats().unwrap();
+    assert!(
+        during.allocated_bytes >= before.allocated_bytes + 256 * MIB as u64,
+        "{before:?} -> {during:?}"
+    );
+    assert!(during.reserved_bytes >= during.allocated_bytes);
+    drop(t);
+    let after = d.memory_stats().unwrap();
+    assert_eq!(after.allocated_bytes, before.allocated_bytes);
+    assert!(after.peak_allocated_bytes >= before.allocated_bytes + 256 * MIB as u64);
+    d.empty_cache().unwrap();
+    let emptied = d.memory_stats().unwrap();
+    assert!(
+        emptied.reserved_bytes + 256 * MIB as u64 <= during.reserved_bytes,
+        "{during:?} -> {emptied:?}"
+    );
+}
+
+#[test]
+fn stream_guard_switches_and_restores_torchs_current_stream_and_events_order_streams() {
+    let Some(d) = device() else { return };
+    let _g = lock();
+    let gpu = Device::Cuda(d.index());
+    let original = d.current_stream().unwrap();
+    let producer = d.stream_from_pool(false).unwrap();
+    let consumer = d.stream_from_pool(true).unwrap();
+    assert!(producer != original);
+
+    let a = Tensor::randn([2048, 2048], (Kind::Float, gpu));
+    sync(&d);
+    let (y, event) = {
+        let _on = d.use_stream(producer).unwrap();
+        assert!(d.current_stream().unwrap() == producer);
+        // Enough work that an unordered reader would see y before it is written.
+        let mut y = a.shallow_clone();
+        for _ in 0..20 {
+            y = y.matmul(&a) / 2048f64.sqrt();
+        }
+        let ev = producer.as_cudarc(&d).record_event(None).unwrap();
+        (y, ev)
+    };
+    assert!(
+        d.current_stream().unwrap() == original,
+        "guard did not restore the stream"
+    );
+    let copy = {
+        let _on = d.use_stream(consumer).unwrap();
+        consumer.as_cudarc(&d).wait(&event).unwrap();
+        y.copy()
+    };
+    sync(&d);
+    let diff = (copy - &y).abs().max().double_value(&[]);
+    assert_eq!(diff, 0.0);
+}
+
+#[test]
+fn memory_fraction_caps_torchs_allocator() {
+    let Some(d) = device() else { return };
+    let _g = lock();
+    let gpu = Device::Cuda(d.index());
+    let (_, total) = d.mem_info().unwrap();
+    d.empty_cache().unwrap();
+    let cap = 1024.0 * MIB as f64;
+    d.set_memory_fraction(cap / total as f64).unwrap();
+    let too_big = Tensor::f_zeros([2 * 1024 * MIB / 4], (Kind::Float, gpu));
+    let fits = Tensor::f_zeros([128 * MIB / 4], (Kind::Float, gpu));
+    d.set_memory_fraction(1.0).unwrap();
+    let err = too_big
+        .expect_err("2 GiB must not fit under a 1 GiB cap")
+        .to_string();
+    assert!(err.to_lowercase().contains("out of memory"), "{err}");
+    assert!(fits.is_ok(), "128 MiB must fit under a 1 GiB cap");
+    assert!(d.set_memory_fraction(1.5).is_err());
+}
