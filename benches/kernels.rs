@@ -57,40 +57,44 @@ fn tile_accumulate_bench(c: &mut Criterion) {
     let index = d.index() as i64;
     group.bench_function(format!("kernel/{shape}"), |b| {
         b.iter_custom(|iters| {
-            tch::Cuda::synchronize(index);
-            let start = Instant::now();
-            for _ in 0..iters {
+            timed_on_device(index, iters, || {
                 let mut canvas = Canvas {
                     out: &mut out,
                     wsum: &mut wsum,
                 };
-                if let Err(e) = tile_accumulate::accumulate(Some(&registry), &mut canvas, &tile, at)
-                {
-                    panic!("kernel launch failed: {e}");
-                }
-            }
-            tch::Cuda::synchronize(index);
-            start.elapsed()
+                tile_accumulate::accumulate(Some(&registry), &mut canvas, &tile, at)
+            })
         })
     });
     group.bench_function(format!("tch_reference/{shape}"), |b| {
         b.iter_custom(|iters| {
-            tch::Cuda::synchronize(index);
-            let start = Instant::now();
-            for _ in 0..iters {
+            timed_on_device(index, iters, || {
                 let mut canvas = Canvas {
                     out: &mut out,
                     wsum: &mut wsum,
                 };
-                if let Err(e) = tile_accumulate::reference(&mut canvas, &tile, at) {
-                    panic!("reference failed: {e}");
-                }
-            }
-            tch::Cuda::synchronize(index);
-            start.elapsed()
+                tile_accumulate::reference(&mut canvas, &tile, at)
+            })
         })
     });
     group.finish();
+}
+
+/// Runs `f` `iters` times; the device is synchronised before the clock starts and before it stops.
+fn timed_on_device<E: std::fmt::Display>(
+    device: i64,
+    iters: u64,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Duration {
+    tch::Cuda::synchronize(device);
+    let start = Instant::now();
+    for _ in 0..iters {
+        if let Err(e) = f() {
+            panic!("benchmark body failed: {e}");
+        }
+    }
+    tch::Cuda::synchronize(device);
+    start.elapsed()
 }
 
 criterion_group!(benches, tile_accumulate_bench);

@@ -17,7 +17,8 @@ die() { say "error: $*"; exit 1; }
 have_libclang() {
   [ -n "${LIBCLANG_PATH:-}" ] && return 0
   ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' && return 0
-  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+  compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
+    compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null
 }
 if ! have_libclang; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -8,8 +8,7 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_ltx-i2v");
 
 fn has_driver() -> bool {
-    // SAFETY: only tries to dlopen libcuda.
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    let present = ltx_gpu::cuda::driver_present();
     if present {
         let _ = writeln!(
             std::io::stderr(),

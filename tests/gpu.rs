@@ -237,3 +237,21 @@ fn memory_fraction_caps_torchs_allocator() {
     assert!(fits.is_ok(), "128 MiB must fit under a 1 GiB cap");
     assert!(d.set_memory_fraction(1.5).is_err());
 }
+
+#[test]
+fn an_external_cudarc_stream_becomes_torchs_current_stream() {
+    let Some(d) = device() else { return };
+    let _g = lock();
+    let gpu = Device::Cuda(d.index());
+    let ours = d.context().new_stream().unwrap();
+    // SAFETY: `ours` is a live stream of the device's primary context and outlives the handle.
+    let wrapped = unsafe { d.wrap_external_stream(ours.cu_stream()) }.unwrap();
+    assert_eq!(wrapped.raw(), ours.cu_stream());
+    let sum = {
+        let _on = d.use_stream(wrapped).unwrap();
+        assert_eq!(d.current_stream().unwrap().raw(), ours.cu_stream());
+        Tensor::ones([1 << 20], (Kind::Float, gpu)).sum(Kind::Double)
+    };
+    ours.synchronize().unwrap();
+    assert_eq!(sum.double_value(&[]), (1 << 20) as f64);
+}

@@ -54,10 +54,15 @@ pub fn runtime() -> Result<&'static CudaRuntime, CudaUnavailable> {
     RUNTIME.get_or_init(init).as_ref().map_err(Clone::clone)
 }
 
+/// Whether the NVIDIA driver library (libcuda) can be loaded. cudarc panics on its first
+/// driver call when it cannot, so this check comes before any other.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 fn init() -> Result<CudaRuntime, CudaUnavailable> {
-    // SAFETY: only tries to dlopen libcuda; cudarc panics on first use when it is absent,
-    // which is why this check comes before any other driver call.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if !driver_present() {
         return Err(CudaUnavailable::NoDriver);
     }
     let libtorch_cuda = load_libtorch_cuda()?;

@@ -9,8 +9,7 @@ use ltx_gpu::kernels::{self, KernelSource, CI_ARCHS};
 use ltx_gpu::{DeviceSpec, GpuError};
 
 fn has_driver() -> bool {
-    // SAFETY: only tries to dlopen libcuda.
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    let present = ltx_gpu::cuda::driver_present();
     if present {
         let _ = writeln!(
             std::io::stderr(),

@@ -122,7 +122,7 @@ pub fn accumulate(
 ) -> Result<(), GpuError> {
     let shape = check(canvas, tile)?;
     match canvas.out.device() {
-        Device::Cpu => reference(canvas, tile, at),
+        Device::Cpu => accumulate_with_tch(canvas, tile, at, &shape),
         Device::Cuda(i) => {
             let registry = registry
                 .filter(|r| r.device().index() == i)
@@ -141,7 +141,16 @@ pub fn accumulate(
 
 /// The same accumulation with tch ops, on any device.
 pub fn reference(canvas: &mut Canvas<'_>, tile: &Tile<'_>, at: Placement) -> Result<(), GpuError> {
-    let s = check(canvas, tile)?;
+    let shape = check(canvas, tile)?;
+    accumulate_with_tch(canvas, tile, at, &shape)
+}
+
+fn accumulate_with_tch(
+    canvas: &mut Canvas<'_>,
+    tile: &Tile<'_>,
+    at: Placement,
+    s: &Shape,
+) -> Result<(), GpuError> {
     let (Some((fa, fb)), Some((ya, yb)), Some((xa, xb))) = (
         overlap(at.f0, s.tile[0], s.out[0]),
         overlap(at.y0, s.tile[1], s.out[1]),
@@ -345,80 +354,44 @@ mod tests {
 
     #[test]
     fn rejects_mismatched_shapes_with_the_sizes() {
-        let mut out = Tensor::zeros([2, 2, 4, 4], (Kind::Float, Device::Cpu));
-        let mut wsum = Tensor::zeros([2, 4, 4], (Kind::Float, Device::Cpu));
-        let data = Tensor::zeros([3, 2, 2, 2], (Kind::Float, Device::Cpu));
-        let w = Tensor::ones([2], (Kind::Float, Device::Cpu));
-        let tile = Tile {
-            data: &data,
-            wt: &w,
-            wy: &w,
-            wx: &w,
-        };
-        let err = accumulate(
-            None,
-            &mut Canvas {
+        let cpu = (Kind::Float, Device::Cpu);
+        let w = Tensor::ones([2], cpu);
+        let error_for = |data: &Tensor, wy: &Tensor| {
+            let mut out = Tensor::zeros([2, 2, 4, 4], cpu);
+            let mut wsum = Tensor::zeros([2, 4, 4], cpu);
+            let tile = Tile {
+                data,
+                wt: &w,
+                wy,
+                wx: &w,
+            };
+            let mut canvas = Canvas {
                 out: &mut out,
                 wsum: &mut wsum,
-            },
-            &tile,
-            Placement {
-                f0: 0,
-                y0: 0,
-                x0: 0,
-            },
-        )
-        .unwrap_err()
-        .to_string();
+            };
+            accumulate(
+                None,
+                &mut canvas,
+                &tile,
+                Placement {
+                    f0: 0,
+                    y0: 0,
+                    x0: 0,
+                },
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let three_channels = Tensor::zeros([3, 2, 2, 2], cpu);
+        let err = error_for(&three_channels, &w);
         assert!(err.contains("tile has 3 channels, out has 2"), "{err}");
 
-        let bad_w = Tensor::ones([3], (Kind::Float, Device::Cpu));
-        let data = Tensor::zeros([2, 2, 2, 2], (Kind::Float, Device::Cpu));
-        let tile = Tile {
-            data: &data,
-            wt: &w,
-            wy: &bad_w,
-            wx: &w,
-        };
-        let err = accumulate(
-            None,
-            &mut Canvas {
-                out: &mut out,
-                wsum: &mut wsum,
-            },
-            &tile,
-            Placement {
-                f0: 0,
-                y0: 0,
-                x0: 0,
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let fits = Tensor::zeros([2, 2, 2, 2], cpu);
+        let err = error_for(&fits, &Tensor::ones([3], cpu));
         assert!(err.contains("wy [3] must be [2]"), "{err}");
 
         let half = Tensor::zeros([2, 2, 2, 2], (Kind::Half, Device::Cpu));
-        let tile = Tile {
-            data: &half,
-            wt: &w,
-            wy: &w,
-            wx: &w,
-        };
-        let err = accumulate(
-            None,
-            &mut Canvas {
-                out: &mut out,
-                wsum: &mut wsum,
-            },
-            &tile,
-            Placement {
-                f0: 0,
-                y0: 0,
-                x0: 0,
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let err = error_for(&half, &w);
         assert!(err.contains("tile must be float32"), "{err}");
     }
 }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Runs the GPU suite on a GPU host: the libraries come from the host's torch install (python3
+# must import torch 2.11.0+cu130). Prints a summary table; exits non-zero if a test failed.
+# Results (logs, criterion data) go to $RESULTS (default: ./results next to this script).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+py=${PYTHON:-python3}
+results=${RESULTS:-$here/results}
+mkdir -p "$results"
+
+torch_dir=$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))') || {
+  echo "run.sh: $py cannot import torch: install torch 2.11.0 (CUDA build) or set PYTHON" >&2
+  exit 2
+}
+site=$(dirname "$torch_dir")
+libs="$torch_dir/lib"
+for d in "$site"/nvidia/*/lib "$site"/nvidia/cu13/lib; do
+  [ -d "$d" ] && libs="$libs:$d"
+done
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LTX_LIBTORCH_CUDA="$torch_dir/lib/libtorch_cuda.so"
+export LTX_KERNEL_CACHE="$results/kernel-cache"
+export CRITERION_HOME="$results/criterion"
+echo "torch: $torch_dir ($("$py" -c 'import torch; print(torch.__version__)'))"
+
+status=0
+"$here/ltx-i2v" doctor >"$results/doctor.txt" 2>&1 || status=1
+cat "$results/doctor.txt"
+"$here/gpu-tests" --test-threads=1 >"$results/tests.txt" 2>"$results/tests.stderr.txt" || status=1
+"$here/bench-kernels" --bench >"$results/bench.txt" 2>&1 || status=1
+
+"$py" - "$results" <<'PY'
+import json, os, re, sys
+results = sys.argv[1]
+rows = []
+tests = open(os.path.join(results, "tests.txt")).read()
+stderr = open(os.path.join(results, "tests.stderr.txt")).read()
+skipped = "skipped: no CUDA device" in stderr
+for name, outcome in re.findall(r"^test (\S+) \.\.\. (\w+)", tests, re.M):
+    rows.append(("test", name, "skipped (no CUDA device)" if skipped and outcome == "ok" else outcome))
+if not re.search(r"^test result:", tests, re.M):
+    rows.append(("test", "gpu-tests", "CRASHED: see tests.stderr.txt"))
+crit = os.path.join(results, "criterion")
+means = {}
+for dirpath, _, files in os.walk(crit):
+    if dirpath.endswith(os.sep + "new") and "estimates.json" in files and "benchmark.json" in files:
+        est = json.load(open(os.path.join(dirpath, "estimates.json")))
+        bench = json.load(open(os.path.join(dirpath, "benchmark.json")))
+        ns = est["mean"]["point_estimate"]
+        bid = bench.get("full_id") or bench.get("title")
+        tp = bench.get("throughput") or {}
+        figure = f"{ns / 1e3:.1f} us"
+        if "Bytes" in tp:
+            figure += f", {tp['Bytes'] / ns:.1f} GB/s"
+        means[bid] = ns
+        rows.append(("bench", bid, figure))
+for bid, ns in sorted(means.items()):
+    if "/kernel/" in bid:
+        ref = bid.replace("/kernel/", "/tch_reference/")
+        if ref in means:
+            rows.append(("bench", bid.replace("/kernel/", "/kernel-vs-tch/"), f"{means[ref] / ns:.2f}x faster than tch"))
+if not means:
+    bench_log = open(os.path.join(results, "bench.txt")).read()
+    rows.append(("bench", "kernels", "skipped (no CUDA device)" if "skipped: no CUDA device" in bench_log else "NO RESULTS: see bench.txt"))
+w = max(len(r[1]) for r in rows) if rows else 10
+print()
+print(f"| kind  | {'name'.ljust(w)} | result")
+print(f"|-------|-{'-' * w}-|-------")
+for kind, name, result in rows:
+    print(f"| {kind.ljust(5)} | {name.ljust(w)} | {result}")
+PY
+exit $status
