@@ -1,0 +1,312 @@
+//! Weights as users have them: safetensors files (single or sharded with an index), memory
+//! mapped and converted tensor by tensor to the requested dtype and device as a module asks
+//! for them. Loading is strict: [`Vb::get`] fails on a missing or wrongly shaped tensor and
+//! [`WeightStore::finish`] on tensors that no module asked for.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Display;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use tch::{Device, Kind, Tensor};
+
+use crate::{ModelError, Result};
+
+struct Entry {
+    file: usize,
+    kind: Kind,
+    shape: Vec<i64>,
+    start: usize,
+    end: usize,
+}
+
+struct Mapped {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// Named tensors from one or more safetensors files of one model component.
+pub struct WeightStore {
+    files: Vec<Mapped>,
+    index: HashMap<String, Entry>,
+    used: RefCell<HashSet<String>>,
+    description: String,
+    kind: Kind,
+    device: Device,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// The shard file names of a `*.safetensors.index.json` (`{"weight_map": {name: file}}`).
+fn index_files(index: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: HashMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(io(index))?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let names: BTreeSet<String> = parsed.weight_map.into_values().collect();
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+impl WeightStore {
+    /// Opens the weights of one diffusers component folder (`transformer/`, `vae/`, …): the
+    /// sharded index if there is one, else `diffusion_pytorch_model.safetensors` or
+    /// `model.safetensors`, else the folder's only `*.safetensors` file.
+    pub fn from_component_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        for index in [
+            "diffusion_pytorch_model.safetensors.index.json",
+            "model.safetensors.index.json",
+        ] {
+            let p = dir.join(index);
+            if p.is_file() {
+                return Self::from_files(&index_files(&p)?, kind, device);
+            }
+        }
+        for single in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
+            let p = dir.join(single);
+            if p.is_file() {
+                return Self::from_files(&[p], kind, device);
+            }
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        found.sort();
+        match found.len() {
+            1 => Self::from_files(&found, kind, device),
+            0 => Err(ModelError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no *.safetensors weights in this folder",
+                ),
+            }),
+            _ => Err(ModelError::UnsupportedConfig(format!(
+                "{}: several *.safetensors files and no index.json to say which belong together: {found:?}",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// Memory-maps `paths` and indexes their tensors; tensors load when a module asks.
+    pub fn from_files(paths: &[PathBuf], kind: Kind, device: Device) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index: HashMap<String, Entry> = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let file = File::open(path).map_err(io(path))?;
+            // SAFETY: the file is opened read-only; like every safetensors reader we assume it is
+            // not truncated or rewritten while the model loads.
+            let map = unsafe { Mmap::map(&file) }.map_err(io(path))?;
+            let (header, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            let base = 8 + header;
+            for (name, info) in meta.tensors() {
+                let kind = kind_of(info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
+                    path: path.clone(),
+                    name: name.clone(),
+                    dtype: format!("{:?}", info.dtype),
+                })?;
+                if let Some(prev) = index.get(&name) {
+                    return Err(ModelError::DuplicateTensor {
+                        name,
+                        first: paths[prev.file].clone(),
+                        second: path.clone(),
+                    });
+                }
+                let entry = Entry {
+                    file: i,
+                    kind,
+                    shape: info.shape.iter().map(|&d| d as i64).collect(),
+                    start: base + info.data_offsets.0,
+                    end: base + info.data_offsets.1,
+                };
+                index.insert(name, entry);
+            }
+            files.push(Mapped {
+                path: path.clone(),
+                map,
+            });
+        }
+        let description = match paths {
+            [one] => one.display().to_string(),
+            _ => format!(
+                "{} ({} files)",
+                paths
+                    .first()
+                    .and_then(|p| p.parent())
+                    .map_or_else(String::new, |d| d.display().to_string()),
+                paths.len()
+            ),
+        };
+        Ok(Self {
+            files,
+            index,
+            used: RefCell::default(),
+            description,
+            kind,
+            device,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn root(&self) -> Vb<'_> {
+        Vb {
+            store: self,
+            prefix: String::new(),
+        }
+    }
+
+    /// Names of every tensor in the files.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    fn load(&self, name: &str, expected: &[i64], kind: Kind) -> Result<Tensor> {
+        let entry = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                source_desc: self.description.clone(),
+            })?;
+        if entry.shape != expected {
+            return Err(ModelError::ShapeMismatch {
+                name: name.to_string(),
+                found: entry.shape.clone(),
+                expected: expected.to_vec(),
+                source_desc: self.description.clone(),
+            });
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        let bytes = &self.files[entry.file].map[entry.start..entry.end];
+        let t = Tensor::f_from_data_size(bytes, &entry.shape, entry.kind)?;
+        Ok(t.f_to_device(self.device)?.f_to_kind(kind)?)
+    }
+
+    /// Fails if the files hold tensors that no module asked for.
+    pub fn finish(&self) -> Result<()> {
+        let used = self.used.borrow();
+        let mut unexpected: Vec<String> = self
+            .index
+            .iter()
+            .filter(|(n, _)| !used.contains(*n))
+            .map(|(n, e)| format!("{n} {:?}", e.shape))
+            .collect();
+        if unexpected.is_empty() {
+            return Ok(());
+        }
+        unexpected.sort();
+        let count = unexpected.len();
+        let mut names = unexpected
+            .into_iter()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if count > 10 {
+            names.push_str(&format!(" and {} more", count - 10));
+        }
+        Err(ModelError::UnexpectedTensors {
+            names,
+            source_desc: self.description.clone(),
+        })
+    }
+
+    /// Which files back this store.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|f| f.path.as_path())
+    }
+}
+
+/// A position in the parameter tree (`transformer_blocks.3.attn1`), like tch's `nn::Path`.
+#[derive(Clone)]
+pub struct Vb<'a> {
+    store: &'a WeightStore,
+    prefix: String,
+}
+
+impl<'a> Vb<'a> {
+    /// The child named `name`: `vb.pp("attn1").pp(0)`.
+    pub fn pp(&self, name: impl Display) -> Vb<'a> {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Vb {
+            store: self.store,
+            prefix,
+        }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Tensor `name` under this path, checked against `shape`, in the store's dtype.
+    pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        self.store.load(&self.full(name), shape, self.store.kind)
+    }
+
+    /// Like [`Vb::get`], but kept in float32 whatever the store's dtype (for parameters the
+    /// reference implementation uses in full precision).
+    pub fn get_f32(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        self.store.load(&self.full(name), shape, Kind::Float)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.index.contains_key(&self.full(name))
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.store.kind
+    }
+
+    pub fn device(&self) -> Device {
+        self.store.device
+    }
+}

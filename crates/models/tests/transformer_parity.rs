@@ -1,0 +1,153 @@
+//! The LTX transformer against diffusers: per-token timesteps, a padded text mask, the tiny
+//! random model from the fixtures loaded through the same loader users' weights go through.
+
+mod common;
+
+use ltx_models::config::read_config;
+use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, TransformerInput};
+use ltx_models::weights::WeightStore;
+use tch::{Device, Kind, Tensor};
+
+fn load(variant: &str) -> (WeightStore, LtxTransformerConfig) {
+    let dir = common::model_dir(variant).join("transformer");
+    let cfg: LtxTransformerConfig = read_config(&dir.join("config.json")).unwrap();
+    (
+        WeightStore::from_component_dir(&dir, Kind::Float, Device::Cpu).unwrap(),
+        cfg,
+    )
+}
+
+#[test]
+fn output_matches_diffusers_within_1e_4() {
+    let r = common::refs("transformer.safetensors");
+    let meta = common::json("transformer.json");
+    let (store, cfg) = load("0.9.1");
+    let model = LtxTransformer::new(&store.root(), cfg).unwrap();
+    store.finish().unwrap();
+    let scale: Vec<f64> = meta["rope_interpolation_scale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let out = tch::no_grad(|| {
+        model.forward(&TransformerInput {
+            hidden_states: &r["hidden_states"],
+            encoder_hidden_states: &r["encoder_hidden_states"],
+            timestep: &r["timestep"],
+            encoder_attention_mask: Some(&r["encoder_attention_mask"]),
+            num_frames: meta["num_frames"].as_i64().unwrap(),
+            height: meta["height"].as_i64().unwrap(),
+            width: meta["width"].as_i64().unwrap(),
+            rope_interpolation_scale: [scale[0], scale[1], scale[2]],
+        })
+    })
+    .unwrap();
+    let err = common::max_abs_diff(&out, &r["sample"]);
+    let magnitude = r["sample"].abs().max().double_value(&[]);
+    eprintln!("transformer: max abs error {err:.2e}, output magnitude {magnitude:.3}");
+    assert!(
+        err <= 1e-4,
+        "max abs error {err} (output magnitude {magnitude})"
+    );
+}
+
+fn copy_with(dir: &std::path::Path, edit: impl Fn(&str, Tensor) -> Option<Tensor>) -> tempdir::Dir {
+    let out = tempdir::Dir::new();
+    let src = dir.join("diffusion_pytorch_model.safetensors");
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(&src)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(n, t)| edit(&n, t).map(|t| (n, t)))
+        .collect();
+    Tensor::write_safetensors(
+        &tensors,
+        out.path().join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    out
+}
+
+mod tempdir {
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "ltx-weights-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn load_error(dir: &std::path::Path, cfg: LtxTransformerConfig) -> String {
+    let store = WeightStore::from_component_dir(dir, Kind::Float, Device::Cpu).unwrap();
+    match LtxTransformer::new(&store.root(), cfg) {
+        Err(e) => e.to_string(),
+        Ok(_) => store.finish().expect_err("loading must fail").to_string(),
+    }
+}
+
+#[test]
+fn a_missing_tensor_is_named_with_its_expected_shape() {
+    let (_, cfg) = load("0.9.1");
+    let src = common::model_dir("0.9.1").join("transformer");
+    let name = "transformer_blocks.1.attn2.to_k.weight";
+    let dir = copy_with(&src, |n, t| (n != name).then_some(t));
+    let err = load_error(dir.path(), cfg);
+    assert!(
+        err.contains(&format!(
+            "missing tensor {name} (the model expects shape [32, 32])"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reshaped_tensor_is_named_with_both_shapes() {
+    let (_, cfg) = load("0.9.1");
+    let src = common::model_dir("0.9.1").join("transformer");
+    let name = "transformer_blocks.0.ff.net.0.proj.weight";
+    let dir = copy_with(&src, |n, t| {
+        Some(if n == name { t.narrow(0, 0, 64) } else { t })
+    });
+    let err = load_error(dir.path(), cfg);
+    assert!(
+        err.contains(&format!("tensor {name} has shape [64, 32]"))
+            && err.contains("the model expects [128, 32]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unexpected_tensor_is_named() {
+    let (_, cfg) = load("0.9.1");
+    let src = common::model_dir("0.9.1").join("transformer");
+    let dir = copy_with(&src, |_, t| Some(t));
+    let path = dir.path().join("diffusion_pytorch_model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&path).unwrap();
+    tensors.push((
+        "transformer_blocks.2.attn1.to_q.weight".into(),
+        Tensor::zeros([32, 32], (Kind::Float, Device::Cpu)),
+    ));
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    let err = load_error(dir.path(), cfg);
+    assert!(
+        err.contains("unexpected tensor(s)")
+            && err.contains("transformer_blocks.2.attn1.to_q.weight [32, 32]"),
+        "{err}"
+    );
+}
