@@ -9,7 +9,12 @@ use ltx_models::ltx::{LtxVae, LtxVaeConfig};
 use ltx_models::weights::WeightStore;
 use tch::{Device, Kind, Tensor};
 
+/// The posterior sample and the decoder's noise come from torch's global generator, which
+/// tests running in parallel threads would otherwise share.
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn check(variant: &str) {
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let r = common::refs(&format!("vae_{variant}.safetensors"));
     let meta = common::json(&format!("vae_{variant}.json"));
     let dir = common::model_dir(variant).join("vae");
