@@ -1,0 +1,7 @@
+//! Pipelines built from the models: LTX-Video image-to-video, with the image preprocessing
+//! and progress reporting around it.
+
+pub mod image;
+pub mod ltx_i2v;
+
+pub use ltx_i2v::{I2vParams, LtxI2vPipeline, Progress};

@@ -1,0 +1,361 @@
+//! LTX-Video image-to-video, step for step as diffusers 0.42's `LTXImageToVideoPipeline`:
+//! T5 prompt embeddings (CFG order [negative, positive]), the conditioning image encoded and
+//! sampled into latent frame 0, per-token timesteps with t = 0 on frame 0, CFG with optional
+//! rescale, Euler steps on frames 1.., decode with the decoder's timestep and noise mix.
+//!
+//! Random draws follow diffusers' order from one seeded generator, on the CPU (as diffusers
+//! does with a CPU generator): posterior sample, latent noise, decode noise. The 0.9.1
+//! decoder's noise injection draws from the global generator, reseeded with
+//! `decoder_noise_seed` just before decoding.
+
+use std::path::{Path, PathBuf};
+
+use ltx_models::config::read_config;
+use ltx_models::ltx::{
+    LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig, TransformerInput,
+};
+use ltx_models::scheduler::{FlowMatchConfig, FlowMatchSchedule};
+use ltx_models::t5::{T5Config, T5Encoder};
+use ltx_models::t5_tokenizer::T5Tokenizer;
+use ltx_models::weights::WeightStore;
+use ltx_models::{ModelError, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::image::RgbImage;
+
+/// One generation's settings (diffusers' argument names and defaults).
+#[derive(Debug, Clone)]
+pub struct I2vParams {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub height: i64,
+    pub width: i64,
+    pub num_frames: i64,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub guidance_rescale: f64,
+    pub seed: u64,
+    /// Seed of the global generator the 0.9.1 decoder's noise injection draws from.
+    pub decoder_noise_seed: u64,
+    pub frame_rate: f64,
+    pub decode_timestep: f64,
+    /// None: equal to `decode_timestep`.
+    pub decode_noise_scale: Option<f64>,
+    pub max_sequence_length: usize,
+}
+
+impl Default for I2vParams {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            height: 512,
+            width: 704,
+            num_frames: 161,
+            steps: 50,
+            guidance_scale: 3.0,
+            guidance_rescale: 0.0,
+            seed: 0,
+            decoder_noise_seed: 0,
+            frame_rate: 25.0,
+            decode_timestep: 0.0,
+            decode_noise_scale: None,
+            max_sequence_length: 128,
+        }
+    }
+}
+
+impl I2vParams {
+    /// Checks the settings the model cannot work with, naming the value and the rule.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::InvalidInput(m));
+        if self.height <= 0 || self.height % 32 != 0 {
+            return bad(format!(
+                "height must be a positive multiple of 32, got {}",
+                self.height
+            ));
+        }
+        if self.width <= 0 || self.width % 32 != 0 {
+            return bad(format!(
+                "width must be a positive multiple of 32, got {}",
+                self.width
+            ));
+        }
+        if self.num_frames < 1 || (self.num_frames - 1) % 8 != 0 {
+            return bad(format!(
+                "num_frames must be 8k+1 (1, 9, 17, …, 161), got {}",
+                self.num_frames
+            ));
+        }
+        if self.steps == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        if !(self.guidance_scale.is_finite() && self.guidance_scale >= 0.0) {
+            return bad(format!(
+                "guidance_scale must be a finite number ≥ 0, got {}",
+                self.guidance_scale
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
+            return bad(format!(
+                "guidance_rescale must be in [0, 1], got {}",
+                self.guidance_rescale
+            ));
+        }
+        if !(self.frame_rate.is_finite() && self.frame_rate > 0.0) {
+            return bad(format!("frame_rate must be > 0, got {}", self.frame_rate));
+        }
+        Ok(())
+    }
+
+    fn cfg(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+}
+
+/// Where a generation is; reported before each stage starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    EncodingText,
+    EncodingImage,
+    Denoising { step: usize, total: usize },
+    Decoding,
+}
+
+/// Precision and placement of the loaded components.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: Kind,
+}
+
+pub struct LtxI2vPipeline {
+    tokenizer: T5Tokenizer,
+    text_encoder: T5Encoder,
+    transformer: LtxTransformer,
+    vae: LtxVae,
+    scheduler: FlowMatchConfig,
+    opts: LoadOptions,
+    source: PathBuf,
+}
+
+fn component<T>(
+    dir: &Path,
+    name: &str,
+    opts: LoadOptions,
+    build: impl FnOnce(&WeightStore) -> Result<T>,
+) -> Result<T> {
+    let store = WeightStore::from_component_dir(&dir.join(name), opts.dtype, opts.device)?;
+    let model = build(&store)?;
+    store.finish()?;
+    Ok(model)
+}
+
+impl LtxI2vPipeline {
+    /// Loads a diffusers-format LTX-Video folder (`model_index.json`, `tokenizer/`,
+    /// `text_encoder/`, `transformer/`, `vae/`, `scheduler/`).
+    pub fn load(dir: &Path, opts: LoadOptions, max_sequence_length: usize) -> Result<Self> {
+        let index: serde_json::Value = read_config(&dir.join("model_index.json"))?;
+        let class = index
+            .get("_class_name")
+            .and_then(|c| c.as_str())
+            .unwrap_or("");
+        if !matches!(
+            class,
+            "LTXImageToVideoPipeline" | "LTXPipeline" | "LTXConditionPipeline"
+        ) {
+            return Err(ModelError::UnsupportedConfig(format!(
+                "{}: _class_name {class:?} is not an LTX-Video pipeline",
+                dir.join("model_index.json").display()
+            )));
+        }
+        let t5_cfg: T5Config = read_config(&dir.join("text_encoder/config.json"))?;
+        let tr_cfg: LtxTransformerConfig = read_config(&dir.join("transformer/config.json"))?;
+        let vae_cfg: LtxVaeConfig = read_config(&dir.join("vae/config.json"))?;
+        let scheduler: FlowMatchConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
+        scheduler.validate()?;
+        Ok(Self {
+            tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
+            text_encoder: component(dir, "text_encoder", opts, |s| {
+                T5Encoder::new(&s.root(), t5_cfg)
+            })?,
+            transformer: component(dir, "transformer", opts, |s| {
+                LtxTransformer::new(&s.root(), tr_cfg)
+            })?,
+            vae: component(dir, "vae", opts, |s| LtxVae::new(&s.root(), vae_cfg))?,
+            scheduler,
+            opts,
+            source: dir.to_path_buf(),
+        })
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// `[B, C, F, H, W]` → `[B, F·H·W, C]` (token order f, h, w).
+    fn pack(x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_flatten(2, 4)?.f_transpose(1, 2)?)
+    }
+
+    fn unpack(x: &Tensor, f: i64, h: i64, w: i64) -> Result<Tensor> {
+        let b = x.size()[0];
+        Ok(x.f_transpose(1, 2)?.f_reshape([b, -1, f, h, w])?)
+    }
+
+    /// The prompt embeddings and masks, `[negative, positive]` with CFG.
+    fn encode_text(&self, p: &I2vParams) -> Result<(Tensor, Tensor)> {
+        let embed = |text: &str| -> Result<(Tensor, Tensor)> {
+            let tokens = self.tokenizer.encode(&[text])?;
+            let ids = tokens.input_ids.f_to_device(self.opts.device)?;
+            let e = self
+                .text_encoder
+                .forward(&ids)?
+                .f_to_kind(self.opts.dtype)?;
+            Ok((e, tokens.attention_mask.f_to_device(self.opts.device)?))
+        };
+        let (pos, pos_mask) = embed(&p.prompt)?;
+        if !p.cfg() {
+            return Ok((pos, pos_mask));
+        }
+        let (neg, neg_mask) = embed(&p.negative_prompt)?;
+        Ok((
+            Tensor::f_cat(&[neg, pos], 0)?,
+            Tensor::f_cat(&[neg_mask, pos_mask], 0)?,
+        ))
+    }
+
+    /// `[1, 3, H, W]` in [-1, 1] from an RGB image, resized like PIL.
+    fn preprocess(&self, image: &RgbImage, p: &I2vParams) -> Result<Tensor> {
+        let img = image.resize_lanczos(p.width as usize, p.height as usize);
+        let t = Tensor::from_slice(&img.data)
+            .f_reshape([p.height, p.width, 3])?
+            .f_permute([2, 0, 1])?
+            .f_unsqueeze(0)?
+            .f_to_kind(Kind::Float)?;
+        Ok(((t / 255.0) * 2.0 - 1.0)
+            .f_to_device(self.opts.device)?
+            .f_to_kind(self.opts.dtype)?)
+    }
+
+    /// `randn` drawn on the CPU from the global generator, then moved (diffusers' CPU generator).
+    fn randn(&self, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        Ok(Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(self.opts.device)?)
+    }
+
+    /// Generates `[F, H, W, 3]` float frames in [0, 1].
+    pub fn generate(
+        &self,
+        image: &RgbImage,
+        p: &I2vParams,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Tensor> {
+        p.validate()?;
+        tch::no_grad(|| self.run(image, p, progress))
+    }
+
+    fn run(
+        &self,
+        image: &RgbImage,
+        p: &I2vParams,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Tensor> {
+        let vcfg = self.vae.config();
+        let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
+        let (f, h, w) = ((p.num_frames - 1) / tr + 1, p.height / sr, p.width / sr);
+        let channels = self.transformer.config().in_channels;
+        let dev = self.opts.device;
+
+        progress(Progress::EncodingText);
+        let (text, text_mask) = self.encode_text(p)?;
+
+        progress(Progress::EncodingImage);
+        tch::manual_seed(p.seed as i64);
+        let posterior = self
+            .vae
+            .encode(&self.preprocess(image, p)?.f_unsqueeze(2)?)?;
+        let sample = &posterior.mean
+            + posterior.std()? * self.randn(&posterior.mean.size(), posterior.mean.kind())?;
+        let mean = self.vae.latents_mean.f_view([1, -1, 1, 1, 1])?;
+        let std = self.vae.latents_std.f_view([1, -1, 1, 1, 1])?;
+        let init = ((sample.f_to_kind(Kind::Float)? - &mean) * vcfg.scaling_factor / &std)
+            .f_repeat([1, 1, f, 1, 1])?;
+        let mask = Tensor::f_zeros([1, 1, f, h, w], (Kind::Float, dev))?;
+        let _ = mask.f_narrow(2, 0, 1)?.f_fill_(1.0)?;
+        let noise = self.randn(&[1, channels, f, h, w], Kind::Float)?;
+        let latents = &init * &mask + noise * (mask.f_neg()? + 1.0);
+        let mut latents = Self::pack(&latents)?;
+        let mut token_mask = Self::pack(&mask)?.f_squeeze_dim(-1)?;
+        if p.cfg() {
+            token_mask = Tensor::f_cat(&[&token_mask, &token_mask], 0)?;
+        }
+
+        let schedule = FlowMatchSchedule::ltx(&self.scheduler, p.steps, (f * h * w) as usize)?;
+        let rope_scale = [tr as f64 / p.frame_rate, sr as f64, sr as f64];
+        let keep = token_mask.f_neg()? + 1.0;
+        for (i, &t) in schedule.timesteps.iter().enumerate() {
+            progress(Progress::Denoising {
+                step: i + 1,
+                total: p.steps,
+            });
+            let x_in = if p.cfg() {
+                Tensor::f_cat(&[&latents, &latents], 0)?
+            } else {
+                latents.shallow_clone()
+            };
+            let x_in = x_in.f_to_kind(self.opts.dtype)?;
+            let timestep = &keep * f64::from(t);
+            let mut v = self
+                .transformer
+                .forward(&TransformerInput {
+                    hidden_states: &x_in,
+                    encoder_hidden_states: &text,
+                    timestep: &timestep,
+                    encoder_attention_mask: Some(&text_mask),
+                    num_frames: f,
+                    height: h,
+                    width: w,
+                    rope_interpolation_scale: rope_scale,
+                })?
+                .f_to_kind(Kind::Float)?;
+            if p.cfg() {
+                let parts = v.f_chunk(2, 0)?;
+                let (uncond, cond) = (&parts[0], &parts[1]);
+                v = uncond + (cond - uncond) * p.guidance_scale;
+                if p.guidance_rescale > 0.0 {
+                    let std_of = |t: &Tensor| t.f_std_correction([1i64, 2].as_slice(), 1, true);
+                    let rescaled = &v * (std_of(cond)? / std_of(&v)?);
+                    v = rescaled * p.guidance_rescale + v * (1.0 - p.guidance_rescale);
+                }
+            }
+            let v = Self::unpack(&v, f, h, w)?;
+            let x = Self::unpack(&latents, f, h, w)?;
+            let stepped = schedule.step(i, &v.f_narrow(2, 1, f - 1)?, &x.f_narrow(2, 1, f - 1)?)?;
+            latents = Self::pack(&Tensor::f_cat(&[x.f_narrow(2, 0, 1)?, stepped], 2)?)?;
+        }
+
+        progress(Progress::Decoding);
+        let z = Self::unpack(&latents, f, h, w)?;
+        let mut z = (z * &std / vcfg.scaling_factor + &mean).f_to_kind(self.opts.dtype)?;
+        let temb = if vcfg.timestep_conditioning {
+            let noise = self.randn(&z.size(), z.kind())?;
+            let dns = p.decode_noise_scale.unwrap_or(p.decode_timestep) as f32;
+            // (1 − dns) in float32, as diffusers computes it from a float32 tensor.
+            z = &z * f64::from(1.0f32 - dns) + noise * f64::from(dns);
+            Some(
+                Tensor::from_slice(&[p.decode_timestep as f32])
+                    .f_to_device(dev)?
+                    .f_to_kind(z.kind())?,
+            )
+        } else {
+            None
+        };
+        tch::manual_seed(p.decoder_noise_seed as i64);
+        let video = self.vae.decode(&z, temb.as_ref())?;
+        let frames = (video.f_to_kind(Kind::Float)? * 0.5 + 0.5).f_clamp(0.0, 1.0)?;
+        Ok(frames
+            .f_select(0, 0)?
+            .f_permute([1, 2, 3, 0])?
+            .f_contiguous()?)
+    }
+}
