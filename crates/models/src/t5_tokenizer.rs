@@ -39,7 +39,7 @@ impl T5Tokenizer {
     /// Loads the tokenizer folder (`tokenizer/` of a diffusers LTX model).
     pub fn from_dir(dir: &Path, max_length: usize) -> Result<Self> {
         let json = dir.join("tokenizer.json");
-        let mut inner = if json.is_file() {
+        let inner = if json.is_file() {
             Tokenizer::from_file(&json).map_err(|e| bad(&json, e))?
         } else {
             let spiece = dir.join("spiece.model");
@@ -49,6 +49,17 @@ impl T5Tokenizer {
             })?;
             from_sentencepiece(&bytes, extra_ids(dir)?).map_err(|e| bad(&spiece, e))?
         };
+        Self::with_limits(inner, max_length, dir)
+    }
+
+    /// From the bytes of a `spiece.model` with `extra_ids` `<extra_id_N>` tokens.
+    pub fn from_sentencepiece(spiece: &[u8], extra_ids: usize, max_length: usize) -> Result<Self> {
+        let what = Path::new("spiece.model");
+        let inner = from_sentencepiece(spiece, extra_ids).map_err(|e| bad(what, e))?;
+        Self::with_limits(inner, max_length, what)
+    }
+
+    fn with_limits(mut inner: Tokenizer, max_length: usize, dir: &Path) -> Result<Self> {
         let pad_id = inner
             .token_to_id("<pad>")
             .ok_or_else(|| bad(dir, "no <pad> token"))?;

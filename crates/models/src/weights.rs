@@ -28,8 +28,10 @@ struct Mapped {
     map: Mmap,
 }
 
-/// Named tensors from one or more safetensors files of one model component.
+/// Named tensors from one or more safetensors files of one model component, or random
+/// tensors made on request (the `demo` model).
 pub struct WeightStore {
+    random: bool,
     files: Vec<Mapped>,
     index: HashMap<String, Entry>,
     used: RefCell<HashSet<String>>,
@@ -172,6 +174,7 @@ impl WeightStore {
             ),
         };
         Ok(Self {
+            random: false,
             files,
             index,
             used: RefCell::default(),
@@ -179,6 +182,20 @@ impl WeightStore {
             kind,
             device,
         })
+    }
+
+    /// A store that makes every tensor a module asks for, at random from torch's global
+    /// generator (seed it first), scaled so activations stay in range: the `demo` model.
+    pub fn random(kind: Kind, device: Device) -> Self {
+        Self {
+            random: true,
+            files: Vec::new(),
+            index: HashMap::new(),
+            used: RefCell::default(),
+            description: "random weights (demo model)".into(),
+            kind,
+            device,
+        }
     }
 
     pub fn kind(&self) -> Kind {
@@ -201,7 +218,31 @@ impl WeightStore {
         self.index.keys().map(String::as_str)
     }
 
+    fn random_tensor(name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let opts = (Kind::Float, device);
+        let t = if leaf == "timestep_scale_multiplier" {
+            Tensor::f_full(shape, 1000.0, opts)?
+        } else if leaf == "latents_std" || (leaf == "weight" && shape.len() == 1) {
+            Tensor::f_ones(shape, opts)? // norm weights
+        } else if leaf == "bias" || leaf == "latents_mean" {
+            Tensor::f_zeros(shape, opts)?
+        } else {
+            let fan_in: i64 = shape.iter().skip(1).product::<i64>().max(1);
+            let std = if shape.len() >= 2 {
+                1.0 / (fan_in as f64).sqrt()
+            } else {
+                0.1
+            };
+            Tensor::f_randn(shape, opts)? * std
+        };
+        Ok(t.f_to_kind(kind)?)
+    }
+
     fn load(&self, name: &str, expected: &[i64], kind: Kind) -> Result<Tensor> {
+        if self.random {
+            return Self::random_tensor(name, expected, kind, self.device);
+        }
         let entry = self
             .index
             .get(name)

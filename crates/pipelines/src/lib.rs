@@ -1,7 +1,8 @@
 //! Pipelines built from the models: LTX-Video image-to-video, with the image preprocessing
 //! and progress reporting around it.
 
+pub mod demo;
 pub mod image;
 pub mod ltx_i2v;
 
-pub use ltx_i2v::{I2vParams, LtxI2vPipeline, Progress};
+pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};

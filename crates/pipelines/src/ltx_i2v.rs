@@ -129,6 +129,32 @@ pub struct LoadOptions {
     pub dtype: Kind,
 }
 
+/// Where a pipeline's weights came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Folder(PathBuf),
+    /// The built-in tiny model with random weights: its output is noise.
+    Demo,
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Folder(p) => write!(f, "{}", p.display()),
+            Self::Demo => f.write_str("demo (tiny model with random weights: the output is noise)"),
+        }
+    }
+}
+
+/// The loaded components of an LTX-Video image-to-video pipeline.
+pub struct Components {
+    pub tokenizer: T5Tokenizer,
+    pub text_encoder: T5Encoder,
+    pub transformer: LtxTransformer,
+    pub vae: LtxVae,
+    pub scheduler: FlowMatchConfig,
+}
+
 pub struct LtxI2vPipeline {
     tokenizer: T5Tokenizer,
     text_encoder: T5Encoder,
@@ -136,7 +162,7 @@ pub struct LtxI2vPipeline {
     vae: LtxVae,
     scheduler: FlowMatchConfig,
     opts: LoadOptions,
-    source: PathBuf,
+    source: ModelSource,
 }
 
 fn component<T>(
@@ -174,7 +200,7 @@ impl LtxI2vPipeline {
         let vae_cfg: LtxVaeConfig = read_config(&dir.join("vae/config.json"))?;
         let scheduler: FlowMatchConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
         scheduler.validate()?;
-        Ok(Self {
+        let parts = Components {
             tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
             text_encoder: component(dir, "text_encoder", opts, |s| {
                 T5Encoder::new(&s.root(), t5_cfg)
@@ -184,12 +210,27 @@ impl LtxI2vPipeline {
             })?,
             vae: component(dir, "vae", opts, |s| LtxVae::new(&s.root(), vae_cfg))?,
             scheduler,
+        };
+        Ok(Self::from_components(
+            parts,
             opts,
-            source: dir.to_path_buf(),
-        })
+            ModelSource::Folder(dir.to_path_buf()),
+        ))
     }
 
-    pub fn source(&self) -> &Path {
+    pub fn from_components(c: Components, opts: LoadOptions, source: ModelSource) -> Self {
+        Self {
+            tokenizer: c.tokenizer,
+            text_encoder: c.text_encoder,
+            transformer: c.transformer,
+            vae: c.vae,
+            scheduler: c.scheduler,
+            opts,
+            source,
+        }
+    }
+
+    pub fn source(&self) -> &ModelSource {
         &self.source
     }
 

@@ -1,0 +1,91 @@
+//! The `demo` model: a tiny LTX-Video (T5, transformer, 0.9.1-style VAE) with random weights
+//! from a fixed seed and the small T5 tokenizer shipped in `assets/`, so `generate` and the
+//! server run on a fresh machine with nothing downloaded. Its videos are noise.
+
+use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig};
+use ltx_models::scheduler::FlowMatchConfig;
+use ltx_models::t5::{T5Config, T5Encoder};
+use ltx_models::t5_tokenizer::T5Tokenizer;
+use ltx_models::weights::WeightStore;
+use ltx_models::Result;
+
+use crate::ltx_i2v::{Components, LoadOptions, LtxI2vPipeline, ModelSource};
+
+/// Seed of the demo model's weights: the same model on every machine.
+pub const DEMO_SEED: i64 = 0x17_1D_E0;
+
+const SPIECE: &[u8] = include_bytes!("../assets/demo-spiece.model");
+
+fn t5() -> T5Config {
+    T5Config {
+        vocab_size: 600,
+        d_model: 64,
+        d_kv: 16,
+        d_ff: 128,
+        num_layers: 2,
+        num_heads: 4,
+        ..T5Config::default()
+    }
+}
+
+fn transformer() -> LtxTransformerConfig {
+    LtxTransformerConfig {
+        in_channels: 16,
+        out_channels: 16,
+        num_attention_heads: 4,
+        attention_head_dim: 16,
+        cross_attention_dim: 64,
+        num_layers: 2,
+        caption_channels: 64,
+        ..LtxTransformerConfig::default()
+    }
+}
+
+fn vae() -> LtxVaeConfig {
+    LtxVaeConfig {
+        latent_channels: 16,
+        block_out_channels: vec![8, 16, 32, 32],
+        decoder_block_out_channels: vec![16, 32, 64],
+        layers_per_block: vec![1, 1, 1, 1, 1],
+        decoder_layers_per_block: vec![1, 1, 1, 1],
+        decoder_spatio_temporal_scaling: vec![true, true, true],
+        decoder_inject_noise: vec![false; 4],
+        upsample_residual: vec![true; 3],
+        upsample_factor: vec![2; 3],
+        timestep_conditioning: true,
+        ..LtxVaeConfig::default()
+    }
+}
+
+/// The 0.9.1 scheduler settings.
+fn scheduler() -> FlowMatchConfig {
+    FlowMatchConfig {
+        use_dynamic_shifting: true,
+        base_shift: 0.95,
+        max_shift: 2.05,
+        base_image_seq_len: 1024,
+        max_image_seq_len: 4096,
+        shift_terminal: Some(0.1),
+        ..FlowMatchConfig::default()
+    }
+}
+
+/// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).
+pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<LtxI2vPipeline> {
+    tch::manual_seed(DEMO_SEED);
+    let store = WeightStore::random(opts.dtype, opts.device);
+    let parts = tch::no_grad(|| -> Result<Components> {
+        Ok(Components {
+            tokenizer: T5Tokenizer::from_sentencepiece(SPIECE, 100, max_sequence_length)?,
+            text_encoder: T5Encoder::new(&store.root(), t5())?,
+            transformer: LtxTransformer::new(&store.root(), transformer())?,
+            vae: LtxVae::new(&store.root(), vae())?,
+            scheduler: scheduler(),
+        })
+    })?;
+    Ok(LtxI2vPipeline::from_components(
+        parts,
+        opts,
+        ModelSource::Demo,
+    ))
+}
