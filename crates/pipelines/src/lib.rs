@@ -4,5 +4,6 @@
 pub mod demo;
 pub mod image;
 pub mod ltx_i2v;
+pub mod video;
 
 pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};
