@@ -1,7 +1,9 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod bench;
 mod doctor;
+mod generate;
 
 /// LTX-Video image-to-video inference server for small GPUs.
 #[derive(Parser)]
@@ -15,6 +17,11 @@ struct Cli {
 enum Command {
     /// Run the HTTP server.
     Serve(ltx_server::ServeConfig),
+    /// Generate one video from an image and a prompt, written as an MP4.
+    Generate(generate::GenerateArgs),
+    /// Benchmarks against baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Report libtorch, CUDA, devices, NVRTC and kernel compilation on this machine.
     Doctor {
         /// Print the report as JSON instead of text.
@@ -35,6 +42,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(config) => {
             tokio::runtime::Runtime::new()?.block_on(ltx_server::serve(config))?
         }
+        Command::Generate(args) => generate::run(args)?,
+        Command::Bench(cmd) => bench::run(cmd)?,
         Command::Doctor { json } => doctor::run(json)?,
     }
     Ok(())

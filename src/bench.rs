@@ -1,0 +1,214 @@
+//! `ltx-i2v bench pipeline`: the Rust pipeline and diffusers' on the same weights, the same
+//! settings and the same CPU, in one run, with per-stage times and the ratio. diffusers runs
+//! in a Python subprocess (tools/ltx-fixtures/bench_diffusers.py, which also makes the
+//! tiny-but-not-trivial random model both load); without its Python packages that side is
+//! skipped with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ltx_pipelines::image::RgbImage;
+use ltx_pipelines::{I2vParams, LoadOptions, LtxI2vPipeline, Progress};
+use serde_json::{json, Value};
+use tch::{Device, Kind};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Rust vs diffusers image-to-video on the CPU, stage by stage.
+    Pipeline(PipelineBench),
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineBench {
+    /// Python with the packages of tools/ltx-fixtures/requirements.txt.
+    #[arg(long, env = "LTX_BENCH_PYTHON", default_value = "python3")]
+    python: PathBuf,
+    /// Where the benchmark model is (made by the Python script when missing).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-model"))]
+    model_dir: PathBuf,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/ltx-fixtures/bench_diffusers.py"))]
+    script: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    height: i64,
+    #[arg(long, default_value_t = 384)]
+    width: i64,
+    #[arg(long, default_value_t = 25)]
+    frames: i64,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Runs per side; the fastest is reported.
+    #[arg(long, default_value_t = 2)]
+    repeat: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const STAGES: [&str; 5] = ["text", "image", "denoise", "decode", "total"];
+
+fn python(b: &PipelineBench, args: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new(&b.python)
+        .arg(&b.script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", b.python.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        bail!(
+            "{} {}: {last}",
+            b.script.display(),
+            args.first().unwrap_or(&"")
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON from the Python side")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn python_ready(b: &PipelineBench) -> Result<(), String> {
+    let out = Command::new(&b.python)
+        .args(["-c", "import diffusers, transformers, torch, sentencepiece"])
+        .output()
+        .map_err(|e| format!("{}: {e}", b.python.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err.lines().last().unwrap_or("import failed").to_string())
+    }
+}
+
+/// Seconds per stage of the fastest of `repeat` runs, from the pipeline's progress marks.
+fn rust_side(dir: &Path, b: &PipelineBench) -> anyhow::Result<Value> {
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    };
+    let pipe = LtxI2vPipeline::load(dir, opts, 128)?;
+    let image = RgbImage {
+        width: b.width as usize,
+        height: b.height as usize,
+        data: (0..b.width * b.height * 3)
+            .map(|i| (i * 7919 % 256) as u8)
+            .collect(),
+    };
+    let params = I2vParams {
+        prompt: "a red ball bounces on a wooden table".into(),
+        height: b.height,
+        width: b.width,
+        num_frames: b.frames,
+        steps: b.steps,
+        guidance_scale: 3.0,
+        decode_timestep: 0.05,
+        decode_noise_scale: Some(0.025),
+        ..I2vParams::default()
+    };
+    let mut best: Option<[f64; 5]> = None;
+    for _ in 0..b.repeat.max(1) {
+        let start = Instant::now();
+        let mut marks: Vec<(Progress, f64)> = Vec::new();
+        let _frames = pipe.generate(&image, &params, &mut |p| {
+            marks.push((p, start.elapsed().as_secs_f64()))
+        })?;
+        let total = start.elapsed().as_secs_f64();
+        let at = |want: fn(&Progress) -> bool| {
+            marks
+                .iter()
+                .find(|(p, _)| want(p))
+                .map_or(total, |(_, t)| *t)
+        };
+        let image_at = at(|p| *p == Progress::EncodingImage);
+        let denoise_at = at(|p| matches!(p, Progress::Denoising { .. }));
+        let decode_at = at(|p| *p == Progress::Decoding);
+        let times = [
+            image_at,
+            denoise_at - image_at,
+            decode_at - denoise_at,
+            total - decode_at,
+            total,
+        ];
+        if best.is_none_or(|b| total < b[4]) {
+            best = Some(times);
+        }
+    }
+    let t = best.unwrap_or_default();
+    Ok(
+        json!({"threads": tch::get_num_threads(), "seconds": STAGES.iter().zip(t).map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()}),
+    )
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Pipeline(b) = cmd;
+    let py = python_ready(&b);
+    if !b.model_dir.join("model_index.json").is_file() {
+        match &py {
+            Ok(()) => {
+                eprintln!("making the benchmark model in {}", b.model_dir.display());
+                python(&b, &["make-model", b.model_dir.to_str().context("model dir is not UTF-8")?])?;
+            }
+            Err(e) => bail!(
+                "no benchmark model in {} and the Python side cannot make one ({e}); install tools/ltx-fixtures/requirements.txt or pass --model-dir",
+                b.model_dir.display()
+            ),
+        }
+    }
+    eprintln!(
+        "config: {}x{}, {} frames, {} steps, CFG on, fp32, CPU; best of {}",
+        b.width, b.height, b.frames, b.steps, b.repeat
+    );
+    let rust = rust_side(&b.model_dir, &b)?;
+    let diffusers = match &py {
+        Ok(()) => {
+            let (h, w, f, s, r) = (
+                b.height.to_string(),
+                b.width.to_string(),
+                b.frames.to_string(),
+                b.steps.to_string(),
+                b.repeat.to_string(),
+            );
+            let dir = b.model_dir.to_str().context("model dir is not UTF-8")?;
+            Some(python(
+                &b,
+                &[
+                    "run", dir, "--height", &h, "--width", &w, "--frames", &f, "--steps", &s,
+                    "--repeat", &r,
+                ],
+            )?)
+        }
+        Err(e) => {
+            println!("diffusers: skipped ({e}); install tools/ltx-fixtures/requirements.txt and set LTX_BENCH_PYTHON");
+            None
+        }
+    };
+    println!("| stage   | ltx-i2v (s) | diffusers (s) | diffusers / ltx-i2v |");
+    println!("|---------|-------------|---------------|---------------------|");
+    for stage in STAGES {
+        let r = rust["seconds"][stage].as_f64().unwrap_or(f64::NAN);
+        let d = diffusers
+            .as_ref()
+            .and_then(|d| d["seconds"][stage].as_f64());
+        let (ds, ratio) = match d {
+            Some(d) => (format!("{d:.3}"), format!("{:.2}x", d / r)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("| {stage:<7} | {r:>11.3} | {ds:>13} | {ratio:>19} |");
+    }
+    if let Some(path) = &b.json {
+        let doc = json!({"config": {"height": b.height, "width": b.width, "frames": b.frames, "steps": b.steps, "repeat": b.repeat}, "ltx_i2v": rust, "diffusers": diffusers});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

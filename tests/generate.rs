@@ -1,0 +1,188 @@
+//! `ltx-i2v generate` as a user runs it: the demo model end to end to an MP4 that ffprobe reads
+//! as H.264/yuv420p with the requested frames and size, and bad input refused before any
+//! model loads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ltx-i2v");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("ltx-generate-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn input_png(dir: &Path) -> PathBuf {
+    let path = dir.join("first.png");
+    let img = image::RgbImage::from_fn(120, 80, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 128])
+    });
+    img.save(&path).unwrap();
+    path
+}
+
+fn generate(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("generate")
+        .args(args)
+        .env("LTX_DEVICE", "cpu")
+        .output()
+        .unwrap()
+}
+
+fn ffprobe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,pix_fmt,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe not found: install ffmpeg (apt-get install ffmpeg)");
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["streams"][0].clone()
+}
+
+#[test]
+fn demo_model_writes_a_browser_playable_mp4_and_pngs() {
+    let dir = TempDir::new("demo");
+    let image = input_png(&dir.0);
+    let mp4 = dir.0.join("out.mp4");
+    let frames = dir.0.join("frames");
+    let out = generate(&[
+        "--model",
+        "demo",
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "a red ball bounces",
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "-o",
+        mp4.to_str().unwrap(),
+        "--frames-dir",
+        frames.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "generate failed: {stderr}");
+    assert!(
+        stderr.contains("random weights: the video will be noise"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("9 frames, 96x64") && stdout.contains("seed 3"),
+        "{stdout}"
+    );
+    let s = ffprobe(&mp4);
+    assert_eq!(s["codec_name"], "h264");
+    assert_eq!(s["pix_fmt"], "yuv420p");
+    assert_eq!(
+        (s["width"].as_i64(), s["height"].as_i64()),
+        (Some(96), Some(64))
+    );
+    assert_eq!(s["nb_read_frames"], "9");
+    let pngs = std::fs::read_dir(&frames)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .count();
+    assert_eq!(pngs, 9);
+}
+
+#[test]
+fn bad_input_is_refused_before_any_model_loads() {
+    let dir = TempDir::new("bad");
+    let image = input_png(&dir.0);
+    let img = image.to_str().unwrap();
+    let mp4 = dir.0.join("out.mp4");
+    let o = mp4.to_str().unwrap();
+    let not_an_image = dir.0.join("notes.txt");
+    std::fs::write(&not_an_image, "hello").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--image", "/nonexistent/first.png"],
+            "cannot read image /nonexistent/first.png",
+        ),
+        (
+            vec!["--image", not_an_image.to_str().unwrap()],
+            "is not a readable PNG, JPEG or WebP image",
+        ),
+        (
+            vec!["--image", img, "--height", "100"],
+            "height must be a positive multiple of 32, got 100",
+        ),
+        (
+            vec!["--image", img, "--width", "33"],
+            "width must be a positive multiple of 32, got 33",
+        ),
+        (
+            vec!["--image", img, "--frames", "10"],
+            "num_frames must be 8k+1",
+        ),
+        (
+            vec!["--image", img, "--steps", "0"],
+            "steps must be at least 1",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec!["--model", "demo", "--prompt", "x", "-o", o];
+        args.extend(extra);
+        let out = generate(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("loading"),
+            "{args:?} loaded a model before refusing: {stderr}"
+        );
+    }
+    let out = generate(&[
+        "--model",
+        dir.0.to_str().unwrap(),
+        "--image",
+        img,
+        "--prompt",
+        "x",
+        "-o",
+        o,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no model_index.json"),
+        "{stderr}"
+    );
+    assert!(!mp4.exists());
+}
