@@ -27,6 +27,10 @@ pub struct GenerateArgs {
     /// tiny model with random weights (its output is noise).
     #[arg(long, env = "LTX_MODEL")]
     model: String,
+    /// An original single-file checkpoint (ltx-video-2b-v0.9.x.safetensors) for the transformer
+    /// and the VAE; --model then supplies the tokenizer, text encoder and scheduler.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
     /// The first frame: a PNG, JPEG or WebP image (resized to --width x --height).
     #[arg(long)]
     image: PathBuf,
@@ -149,6 +153,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             );
         }
     }
+    match (&args.checkpoint, &model_dir) {
+        (Some(_), None) => bail!(
+            "--checkpoint needs --model DIR (a diffusers folder for the tokenizer, text encoder and scheduler), not demo"
+        ),
+        (Some(file), Some(_)) if !file.is_file() => {
+            bail!("checkpoint {} does not exist", file.display())
+        }
+        _ => {}
+    }
 
     let device = args.device.resolve()?;
     let tch_device = device.tch_device();
@@ -165,9 +178,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let start = Instant::now();
     eprintln!("loading {} on {tch_device:?} ({dtype:?})", args.model);
-    let pipe = match &model_dir {
-        Some(dir) => LtxI2vPipeline::load(dir, opts, params.max_sequence_length)?,
-        None => demo_pipeline(opts, params.max_sequence_length)?,
+    let pipe = match (&model_dir, &args.checkpoint) {
+        (Some(dir), Some(file)) => {
+            LtxI2vPipeline::load_with_single_file(dir, file, opts, params.max_sequence_length)?
+        }
+        (Some(dir), None) => LtxI2vPipeline::load(dir, opts, params.max_sequence_length)?,
+        (None, _) => demo_pipeline(opts, params.max_sequence_length)?,
     };
     if pipe.source() == &ModelSource::Demo {
         eprintln!("note: the demo model has random weights: the video will be noise");

@@ -184,5 +184,22 @@ fn bad_input_is_refused_before_any_model_loads() {
         !out.status.success() && stderr.contains("no model_index.json"),
         "{stderr}"
     );
+    let out = generate(&[
+        "--model",
+        "demo",
+        "--checkpoint",
+        "x.safetensors",
+        "--image",
+        img,
+        "--prompt",
+        "x",
+        "-o",
+        o,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--checkpoint needs --model DIR"),
+        "{stderr}"
+    );
     assert!(!mp4.exists());
 }

@@ -122,6 +122,18 @@ impl WeightStore {
 
     /// Memory-maps `paths` and indexes their tensors; tensors load when a module asks.
     pub fn from_files(paths: &[PathBuf], kind: Kind, device: Device) -> Result<Self> {
+        Self::from_files_renamed(paths, kind, device, &|name| Some(name.to_string()))
+    }
+
+    /// Like [`WeightStore::from_files`], with every tensor name passed through `rename`:
+    /// `None` leaves the tensor out (it belongs to another component of a single-file
+    /// checkpoint), `Some(new)` indexes it under the model's parameter name.
+    pub fn from_files_renamed(
+        paths: &[PathBuf],
+        kind: Kind,
+        device: Device,
+        rename: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
         let mut files = Vec::new();
         let mut index: HashMap<String, Entry> = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
@@ -135,7 +147,10 @@ impl WeightStore {
                     message: e.to_string(),
                 })?;
             let base = 8 + header;
-            for (name, info) in meta.tensors() {
+            for (original, info) in meta.tensors() {
+                let Some(name) = rename(&original) else {
+                    continue;
+                };
                 let kind = kind_of(info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
                     path: path.clone(),
                     name: name.clone(),
@@ -297,6 +312,22 @@ impl WeightStore {
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|f| f.path.as_path())
     }
+}
+
+/// Names and shapes of the tensors in a safetensors file (reads only the header).
+pub fn tensor_shapes(path: &Path) -> Result<HashMap<String, Vec<i64>>> {
+    let file = File::open(path).map_err(io(path))?;
+    // SAFETY: read-only map of a file we only read the header of.
+    let map = unsafe { Mmap::map(&file) }.map_err(io(path))?;
+    let (_, meta) = SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(meta
+        .tensors()
+        .into_iter()
+        .map(|(n, i)| (n, i.shape.iter().map(|&d| d as i64).collect()))
+        .collect())
 }
 
 /// A position in the parameter tree (`transformer_blocks.3.attn1`), like tch's `nn::Path`.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ltx_models::config::read_config;
 use ltx_models::ltx::{
-    LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig, TransformerInput,
+    single_file, LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig, TransformerInput,
 };
 use ltx_models::scheduler::{FlowMatchConfig, FlowMatchSchedule};
 use ltx_models::t5::{T5Config, T5Encoder};
@@ -215,6 +215,43 @@ impl LtxI2vPipeline {
             parts,
             opts,
             ModelSource::Folder(dir.to_path_buf()),
+        ))
+    }
+
+    /// Like [`LtxI2vPipeline::load`], with the transformer and the VAE taken from an original
+    /// single-file checkpoint (`ltx-video-2b-v0.9.x.safetensors`; configs read off its weights)
+    /// and the tokenizer, text encoder and scheduler from the diffusers folder `dir`.
+    pub fn load_with_single_file(
+        dir: &Path,
+        checkpoint: &Path,
+        opts: LoadOptions,
+        max_sequence_length: usize,
+    ) -> Result<Self> {
+        let t5_cfg: T5Config = read_config(&dir.join("text_encoder/config.json"))?;
+        let scheduler: FlowMatchConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
+        scheduler.validate()?;
+        let (tr_store, tr_cfg) =
+            single_file::open_transformer(checkpoint, opts.dtype, opts.device, None)?;
+        let transformer = LtxTransformer::new(&tr_store.root(), tr_cfg)?;
+        tr_store.finish()?;
+        let (vae_store, vae_cfg, layout) =
+            single_file::open_vae(checkpoint, opts.dtype, opts.device, None)?;
+        tracing::info!(?layout, "single-file VAE layout");
+        let vae = LtxVae::new(&vae_store.root(), vae_cfg)?;
+        vae_store.finish()?;
+        let parts = Components {
+            tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
+            text_encoder: component(dir, "text_encoder", opts, |s| {
+                T5Encoder::new(&s.root(), t5_cfg)
+            })?,
+            transformer,
+            vae,
+            scheduler,
+        };
+        Ok(Self::from_components(
+            parts,
+            opts,
+            ModelSource::Folder(checkpoint.to_path_buf()),
         ))
     }
 

@@ -1,5 +1,6 @@
 //! LTX-Video as diffusers implements it (`../shared/specs/ltx-video.md`).
 
+pub mod single_file;
 pub mod transformer;
 pub mod vae;
 

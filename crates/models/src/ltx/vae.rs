@@ -100,7 +100,8 @@ impl LtxVaeConfig {
             .saturating_sub(usize::from(self.is_095()))
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks that the lists in the config fit together, naming the first one that does not.
+    pub fn validate(&self) -> Result<()> {
         let n = self.encoder_blocks();
         let dn = self.decoder_block_out_channels.len();
         let checks = [
