@@ -10,6 +10,7 @@ pub mod nn;
 pub mod scheduler;
 pub mod t5;
 pub mod t5_tokenizer;
+pub mod text_encoder;
 pub mod weights;
 
 pub use error::ModelError;

@@ -24,3 +24,14 @@ fn last_hidden_state_matches_transformers_within_1e_4() {
         "max abs error {err} (output magnitude {magnitude})"
     );
 }
+
+#[test]
+fn a_torchscript_text_encoder_gives_the_same_embeddings() {
+    use ltx_models::text_encoder::TextEncoder;
+    let r = common::refs("t5.safetensors");
+    let dir = common::fixtures().join("torchscript");
+    let path = TextEncoder::torchscript_in(&dir).expect("fixture TorchScript encoder");
+    let enc = TextEncoder::load_torchscript(&path, Device::Cpu, Kind::Float).unwrap();
+    let out = tch::no_grad(|| enc.forward(&r["input_ids"])).unwrap();
+    assert!(common::max_abs_diff(&out, &r["last_hidden_state"]) <= 1e-4);
+}

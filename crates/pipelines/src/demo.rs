@@ -6,6 +6,7 @@ use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig
 use ltx_models::scheduler::FlowMatchConfig;
 use ltx_models::t5::{T5Config, T5Encoder};
 use ltx_models::t5_tokenizer::T5Tokenizer;
+use ltx_models::text_encoder::TextEncoder;
 use ltx_models::weights::WeightStore;
 use ltx_models::Result;
 
@@ -77,7 +78,7 @@ pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<Lt
     let parts = tch::no_grad(|| -> Result<Components> {
         Ok(Components {
             tokenizer: T5Tokenizer::from_sentencepiece(SPIECE, 100, max_sequence_length)?,
-            text_encoder: T5Encoder::new(&store.root(), t5())?,
+            text_encoder: TextEncoder::T5(T5Encoder::new(&store.root(), t5())?),
             transformer: LtxTransformer::new(&store.root(), transformer())?,
             vae: LtxVae::new(&store.root(), vae())?,
             scheduler: scheduler(),

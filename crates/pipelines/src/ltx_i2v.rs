@@ -17,6 +17,7 @@ use ltx_models::ltx::{
 use ltx_models::scheduler::{FlowMatchConfig, FlowMatchSchedule};
 use ltx_models::t5::{T5Config, T5Encoder};
 use ltx_models::t5_tokenizer::T5Tokenizer;
+use ltx_models::text_encoder::TextEncoder;
 use ltx_models::weights::WeightStore;
 use ltx_models::{ModelError, Result};
 use tch::{Device, Kind, Tensor};
@@ -149,7 +150,7 @@ impl std::fmt::Display for ModelSource {
 /// The loaded components of an LTX-Video image-to-video pipeline.
 pub struct Components {
     pub tokenizer: T5Tokenizer,
-    pub text_encoder: T5Encoder,
+    pub text_encoder: TextEncoder,
     pub transformer: LtxTransformer,
     pub vae: LtxVae,
     pub scheduler: FlowMatchConfig,
@@ -157,7 +158,7 @@ pub struct Components {
 
 pub struct LtxI2vPipeline {
     tokenizer: T5Tokenizer,
-    text_encoder: T5Encoder,
+    text_encoder: TextEncoder,
     transformer: LtxTransformer,
     vae: LtxVae,
     scheduler: FlowMatchConfig,
@@ -175,6 +176,21 @@ fn component<T>(
     let model = build(&store)?;
     store.finish()?;
     Ok(model)
+}
+
+/// `text_encoder/`: a TorchScript export if the folder has one (see
+/// [`TextEncoder::torchscript_in`]), else T5 from its config and safetensors.
+fn load_text_encoder(dir: &Path, opts: LoadOptions) -> Result<TextEncoder> {
+    let folder = dir.join("text_encoder");
+    if let Some(ts) = TextEncoder::torchscript_in(&folder) {
+        tracing::info!(path = %ts.display(), "TorchScript text encoder");
+        return TextEncoder::load_torchscript(&ts, opts.device, opts.dtype);
+    }
+    let cfg: T5Config = read_config(&folder.join("config.json"))?;
+    component(dir, "text_encoder", opts, |s| {
+        T5Encoder::new(&s.root(), cfg)
+    })
+    .map(TextEncoder::T5)
 }
 
 impl LtxI2vPipeline {
@@ -195,16 +211,13 @@ impl LtxI2vPipeline {
                 dir.join("model_index.json").display()
             )));
         }
-        let t5_cfg: T5Config = read_config(&dir.join("text_encoder/config.json"))?;
         let tr_cfg: LtxTransformerConfig = read_config(&dir.join("transformer/config.json"))?;
         let vae_cfg: LtxVaeConfig = read_config(&dir.join("vae/config.json"))?;
         let scheduler: FlowMatchConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
         scheduler.validate()?;
         let parts = Components {
             tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
-            text_encoder: component(dir, "text_encoder", opts, |s| {
-                T5Encoder::new(&s.root(), t5_cfg)
-            })?,
+            text_encoder: load_text_encoder(dir, opts)?,
             transformer: component(dir, "transformer", opts, |s| {
                 LtxTransformer::new(&s.root(), tr_cfg)
             })?,
@@ -227,7 +240,6 @@ impl LtxI2vPipeline {
         opts: LoadOptions,
         max_sequence_length: usize,
     ) -> Result<Self> {
-        let t5_cfg: T5Config = read_config(&dir.join("text_encoder/config.json"))?;
         let scheduler: FlowMatchConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
         scheduler.validate()?;
         let (tr_store, tr_cfg) =
@@ -241,9 +253,7 @@ impl LtxI2vPipeline {
         vae_store.finish()?;
         let parts = Components {
             tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
-            text_encoder: component(dir, "text_encoder", opts, |s| {
-                T5Encoder::new(&s.root(), t5_cfg)
-            })?,
+            text_encoder: load_text_encoder(dir, opts)?,
             transformer,
             vae,
             scheduler,

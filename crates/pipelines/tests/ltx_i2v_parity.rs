@@ -39,11 +39,18 @@ fn image_of(t: &Tensor) -> RgbImage {
 }
 
 fn check(name: &str) {
+    let (_, meta) = refs(name);
+    let variant = meta["variant"].as_str().unwrap();
+    check_with(
+        name,
+        &fixtures().join("models").join(format!("ltx-{variant}")),
+    );
+}
+
+fn check_with(name: &str, dir: &std::path::Path) {
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let (r, meta) = refs(name);
     let call = &meta["call"];
-    let variant = meta["variant"].as_str().unwrap();
-    let dir = fixtures().join("models").join(format!("ltx-{variant}"));
     let pipe = LtxI2vPipeline::load(
         &dir,
         LoadOptions {
@@ -105,6 +112,36 @@ fn pipeline_0_9_1_with_rescale_and_decode_noise_matches_diffusers() {
 #[test]
 fn pipeline_0_9_5_matches_diffusers() {
     check("pipeline_0.9.5");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn pipeline_with_a_torchscript_text_encoder_matches_diffusers() {
+    let dir = std::env::temp_dir().join(format!("ltx-ts-pipeline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&fixtures().join("models/ltx-0.9.0"), &dir);
+    let te = dir.join("text_encoder");
+    std::fs::remove_dir_all(&te).unwrap();
+    std::fs::create_dir_all(&te).unwrap();
+    std::fs::copy(
+        fixtures().join("torchscript/text_encoder.pt"),
+        te.join("text_encoder.pt"),
+    )
+    .unwrap();
+    check_with("pipeline_0.9.0", &dir);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
