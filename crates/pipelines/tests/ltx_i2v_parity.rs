@@ -52,7 +52,7 @@ fn check_with(name: &str, dir: &std::path::Path) {
     let (r, meta) = refs(name);
     let call = &meta["call"];
     let pipe = LtxI2vPipeline::load(
-        &dir,
+        dir,
         LoadOptions {
             device: Device::Cpu,
             dtype: Kind::Float,
