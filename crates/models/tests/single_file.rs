@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use ltx_models::config::read_config;
 use ltx_models::ltx::single_file::{self, VaeLayout};
-use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae, TransformerInput};
+use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae};
 use tch::{Device, Kind};
 
 fn file() -> std::path::PathBuf {
@@ -18,8 +18,6 @@ fn file() -> std::path::PathBuf {
 
 #[test]
 fn single_file_transformer_matches_the_folder_reference() {
-    let r = common::refs("transformer.safetensors");
-    let meta = common::json("transformer.json");
     // The tiny model's head size is not one of the released ones, so give its config.
     let cfg: LtxTransformerConfig =
         read_config(&common::model_dir("0.9.0").join("transformer/config.json")).unwrap();
@@ -27,26 +25,8 @@ fn single_file_transformer_matches_the_folder_reference() {
         single_file::open_transformer(&file(), Kind::Float, Device::Cpu, Some(cfg)).unwrap();
     let model = LtxTransformer::new(&store.root(), cfg).unwrap();
     store.finish().unwrap();
-    let s: Vec<f64> = meta["rope_interpolation_scale"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let out = tch::no_grad(|| {
-        model.forward(&TransformerInput {
-            hidden_states: &r["hidden_states"],
-            encoder_hidden_states: &r["encoder_hidden_states"],
-            timestep: &r["timestep"],
-            encoder_attention_mask: Some(&r["encoder_attention_mask"]),
-            num_frames: meta["num_frames"].as_i64().unwrap(),
-            height: meta["height"].as_i64().unwrap(),
-            width: meta["width"].as_i64().unwrap(),
-            rope_interpolation_scale: [s[0], s[1], s[2]],
-        })
-    })
-    .unwrap();
-    assert!(common::max_abs_diff(&out, &r["sample"]) <= 1e-4);
+    let (out, want) = common::transformer_on_refs(&model);
+    assert!(common::max_abs_diff(&out, &want) <= 1e-4);
 }
 
 #[test]

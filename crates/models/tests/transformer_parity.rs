@@ -4,7 +4,7 @@
 mod common;
 
 use ltx_models::config::read_config;
-use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, TransformerInput};
+use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig};
 use ltx_models::weights::WeightStore;
 use tch::{Device, Kind, Tensor};
 
@@ -19,32 +19,12 @@ fn load(variant: &str) -> (WeightStore, LtxTransformerConfig) {
 
 #[test]
 fn output_matches_diffusers_within_1e_4() {
-    let r = common::refs("transformer.safetensors");
-    let meta = common::json("transformer.json");
     let (store, cfg) = load("0.9.1");
     let model = LtxTransformer::new(&store.root(), cfg).unwrap();
     store.finish().unwrap();
-    let scale: Vec<f64> = meta["rope_interpolation_scale"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let out = tch::no_grad(|| {
-        model.forward(&TransformerInput {
-            hidden_states: &r["hidden_states"],
-            encoder_hidden_states: &r["encoder_hidden_states"],
-            timestep: &r["timestep"],
-            encoder_attention_mask: Some(&r["encoder_attention_mask"]),
-            num_frames: meta["num_frames"].as_i64().unwrap(),
-            height: meta["height"].as_i64().unwrap(),
-            width: meta["width"].as_i64().unwrap(),
-            rope_interpolation_scale: [scale[0], scale[1], scale[2]],
-        })
-    })
-    .unwrap();
-    let err = common::max_abs_diff(&out, &r["sample"]);
-    let magnitude = r["sample"].abs().max().double_value(&[]);
+    let (out, want) = common::transformer_on_refs(&model);
+    let err = common::max_abs_diff(&out, &want);
+    let magnitude = want.abs().max().double_value(&[]);
     eprintln!("transformer: max abs error {err:.2e}, output magnitude {magnitude:.3}");
     assert!(
         err <= 1e-4,

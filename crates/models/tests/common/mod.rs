@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use ltx_models::ltx::{LtxTransformer, TransformerInput};
 use tch::{Kind, Tensor};
 
 pub fn fixtures() -> PathBuf {
@@ -34,4 +35,30 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .abs()
         .max()
         .double_value(&[])
+}
+
+/// Runs `model` on the inputs of refs/transformer.safetensors and returns (output, expected).
+pub fn transformer_on_refs(model: &LtxTransformer) -> (Tensor, Tensor) {
+    let r = refs("transformer.safetensors");
+    let meta = json("transformer.json");
+    let s: Vec<f64> = meta["rope_interpolation_scale"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let out = tch::no_grad(|| {
+        model.forward(&TransformerInput {
+            hidden_states: &r["hidden_states"],
+            encoder_hidden_states: &r["encoder_hidden_states"],
+            timestep: &r["timestep"],
+            encoder_attention_mask: Some(&r["encoder_attention_mask"]),
+            num_frames: meta["num_frames"].as_i64().unwrap(),
+            height: meta["height"].as_i64().unwrap(),
+            width: meta["width"].as_i64().unwrap(),
+            rope_interpolation_scale: [s[0], s[1], s[2]],
+        })
+    })
+    .unwrap();
+    (out, r["sample"].shallow_clone())
 }
