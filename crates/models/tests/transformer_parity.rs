@@ -131,3 +131,37 @@ fn an_unexpected_tensor_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn sharded_weights_with_an_index_load_like_a_single_file() {
+    let (_, cfg) = load("0.9.1");
+    let src = common::model_dir("0.9.1").join("transformer/diffusion_pytorch_model.safetensors");
+    let dir = tempdir::Dir::new();
+    let tensors = Tensor::read_safetensors(&src).unwrap();
+    let (a, b): (Vec<_>, Vec<_>) = tensors
+        .into_iter()
+        .partition(|(n, _)| n.starts_with("transformer_blocks.0."));
+    let mut map = serde_json::Map::new();
+    for (shard, part) in [
+        ("diffusion_pytorch_model-00001-of-00002.safetensors", &a),
+        ("diffusion_pytorch_model-00002-of-00002.safetensors", &b),
+    ] {
+        Tensor::write_safetensors(part, dir.path().join(shard)).unwrap();
+        for (n, _) in part.iter() {
+            map.insert(n.clone(), serde_json::Value::String(shard.into()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
+    std::fs::write(
+        dir.path()
+            .join("diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let store = WeightStore::from_component_dir(dir.path(), Kind::Float, Device::Cpu).unwrap();
+    assert_eq!(store.paths().count(), 2);
+    let model = LtxTransformer::new(&store.root(), cfg).unwrap();
+    store.finish().unwrap();
+    let (out, want) = common::transformer_on_refs(&model);
+    assert!(common::max_abs_diff(&out, &want) <= 1e-4);
+}
