@@ -106,9 +106,13 @@ def run(args) -> dict:
             return out
         return wrapper
 
+    # Stage boundaries as ltx-i2v draws them: image = preprocessing + encode + latents,
+    # decode = VAE decode + conversion to [0, 1] frames; denoise is the rest of the call.
     pipe.encode_prompt = timed("text", pipe.encode_prompt)
+    pipe.video_processor.preprocess = timed("image", pipe.video_processor.preprocess)
     pipe.prepare_latents = timed("image", pipe.prepare_latents)
     pipe.vae.decode = timed("decode", pipe.vae.decode)
+    pipe.video_processor.postprocess_video = timed("decode", pipe.video_processor.postprocess_video)
     best = None
     for _ in range(args.repeat):
         marks.clear()
