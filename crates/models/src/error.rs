@@ -46,6 +46,8 @@ pub enum ModelError {
     UnsupportedConfig(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }

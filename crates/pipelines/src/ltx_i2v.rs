@@ -338,15 +338,34 @@ impl LtxI2vPipeline {
         p: &I2vParams,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
+        self.generate_cancellable(image, p, progress, &|| false)
+    }
+
+    /// Like [`LtxI2vPipeline::generate`]; `cancelled` is asked before each stage and each
+    /// denoising step, and a `true` ends the generation with [`ModelError::Cancelled`].
+    pub fn generate_cancellable(
+        &self,
+        image: &RgbImage,
+        p: &I2vParams,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
         p.validate()?;
-        tch::no_grad(|| self.run(image, p, progress))
+        let mut report = |stage: Progress| -> Result<()> {
+            if cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            progress(stage);
+            Ok(())
+        };
+        tch::no_grad(|| self.run(image, p, &mut report))
     }
 
     fn run(
         &self,
         image: &RgbImage,
         p: &I2vParams,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Progress) -> Result<()>,
     ) -> Result<Tensor> {
         let vcfg = self.vae.config();
         let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
@@ -354,10 +373,10 @@ impl LtxI2vPipeline {
         let channels = self.transformer.config().in_channels;
         let dev = self.opts.device;
 
-        progress(Progress::EncodingText);
+        progress(Progress::EncodingText)?;
         let (text, text_mask) = self.encode_text(p)?;
 
-        progress(Progress::EncodingImage);
+        progress(Progress::EncodingImage)?;
         tch::manual_seed(p.seed as i64);
         let posterior = self
             .vae
@@ -385,7 +404,7 @@ impl LtxI2vPipeline {
             progress(Progress::Denoising {
                 step: i + 1,
                 total: p.steps,
-            });
+            })?;
             let x_in = if p.cfg() {
                 Tensor::f_cat(&[&latents, &latents], 0)?
             } else {
@@ -422,7 +441,7 @@ impl LtxI2vPipeline {
             latents = Self::pack(&Tensor::f_cat(&[x.f_narrow(2, 0, 1)?, stepped], 2)?)?;
         }
 
-        progress(Progress::Decoding);
+        progress(Progress::Decoding)?;
         let z = Self::unpack(&latents, f, h, w)?;
         let mut z = (z * &std / vcfg.scaling_factor + &mean).f_to_kind(self.opts.dtype)?;
         let temb = if vcfg.timestep_conditioning {

@@ -6,8 +6,12 @@ use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::{I2vParams, LoadOptions, ModelSource};
 use tch::{Device, Kind};
 
+/// Building the demo model and generating both seed torch's process-wide generator.
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn demo_generates_the_requested_video_deterministically() {
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let opts = LoadOptions {
         device: Device::Cpu,
         dtype: Kind::Float,
@@ -44,4 +48,45 @@ fn demo_generates_the_requested_video_deterministically() {
         0.0,
         "same seed, different video"
     );
+}
+
+#[test]
+fn a_cancelled_generation_stops_at_a_step_boundary() {
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let pipe = demo_pipeline(
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: Kind::Float,
+        },
+        128,
+    )
+    .unwrap();
+    let image = RgbImage {
+        width: 32,
+        height: 32,
+        data: vec![128; 32 * 32 * 3],
+    };
+    let p = I2vParams {
+        prompt: "x".into(),
+        height: 32,
+        width: 32,
+        num_frames: 9,
+        steps: 5,
+        ..I2vParams::default()
+    };
+    let steps = std::cell::Cell::new(0);
+    let err = pipe
+        .generate_cancellable(
+            &image,
+            &p,
+            &mut |s| {
+                if let ltx_pipelines::Progress::Denoising { step, .. } = s {
+                    steps.set(step);
+                }
+            },
+            &|| steps.get() >= 2,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ltx_models::ModelError::Cancelled), "{err}");
+    assert_eq!(steps.get(), 2, "stopped before step 3");
 }
