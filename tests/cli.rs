@@ -80,7 +80,15 @@ impl Drop for Server {
 
 fn start(args: &[&str]) -> Server {
     let mut child = Command::new(BIN)
-        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--output-dir",
+        ])
+        .arg(std::env::temp_dir().join(format!("ltx-cli-outputs-{}", std::process::id())))
         .args(args)
         .env("LTX_LOG", "info")
         .stdout(Stdio::null())

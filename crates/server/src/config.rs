@@ -1,8 +1,11 @@
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 use ltx_gpu::DeviceSpec;
 use serde::{Deserialize, Serialize};
+
+use crate::ServerError;
 
 /// `ltx-i2v serve` settings: every field is a flag and an environment variable.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -18,4 +21,75 @@ pub struct ServeConfig {
     /// Device for the LTX-Video family: cpu, cuda, cuda:N or auto.
     #[arg(long = "ltx-device", env = "LTX_DEVICE", default_value = "auto")]
     pub ltx_device: DeviceSpec,
+
+    /// A diffusers-format LTX-Video folder; without one the server serves the built-in demo
+    /// model (random weights: its videos are noise).
+    #[arg(long = "ltx-model", env = "LTX_MODEL")]
+    pub ltx_model: Option<PathBuf>,
+
+    /// Where finished videos are written.
+    #[arg(long, env = "LTX_OUTPUT_DIR", default_value = "outputs")]
+    pub output_dir: PathBuf,
+
+    /// Jobs that may wait for the worker; more get 429.
+    #[arg(long, env = "LTX_QUEUE_SIZE", default_value_t = 16)]
+    pub queue_size: usize,
+
+    /// Longest a `?wait=true` request waits for its video before answering 202.
+    #[arg(long, env = "LTX_WAIT_TIMEOUT_S", default_value_t = 600)]
+    pub wait_timeout_s: u64,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+/// What a request may ask for; a request beyond a limit gets a 4xx naming it.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    #[arg(long, env = "LTX_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest output width and height in pixels.
+    #[arg(long, env = "LTX_MAX_SIDE", default_value_t = 1280)]
+    pub max_side: i64,
+    /// Largest output width × height.
+    #[arg(long, env = "LTX_MAX_PIXELS", default_value_t = 1280 * 720)]
+    pub max_pixels: i64,
+    #[arg(long, env = "LTX_MAX_FRAMES", default_value_t = 257)]
+    pub max_frames: i64,
+    #[arg(long, env = "LTX_MAX_STEPS", default_value_t = 100)]
+    pub max_steps: usize,
+    /// Longest prompt (and negative prompt) in characters.
+    #[arg(long, env = "LTX_MAX_PROMPT_CHARS", default_value_t = 2000)]
+    pub max_prompt_chars: usize,
+    /// Largest input image width × height (before it is resized).
+    #[arg(long, env = "LTX_MAX_INPUT_PIXELS", default_value_t = 4096 * 4096)]
+    pub max_input_pixels: u64,
+}
+
+impl ServeConfig {
+    /// Rejects settings that cannot work together, naming both.
+    pub fn check(&self) -> Result<(), ServerError> {
+        let bad = |m: String| Err(ServerError::Config(m));
+        if self.queue_size == 0 {
+            return bad("--queue-size (LTX_QUEUE_SIZE) must be at least 1".into());
+        }
+        if self.limits.max_pixels > self.limits.max_side * self.limits.max_side {
+            return bad(format!(
+                "--max-pixels ({}) exceeds --max-side² ({}): lower one of them",
+                self.limits.max_pixels,
+                self.limits.max_side * self.limits.max_side
+            ));
+        }
+        if let Some(dir) = &self.ltx_model {
+            if !dir.join("model_index.json").is_file() {
+                return bad(format!(
+                    "--ltx-model (LTX_MODEL) {}: no model_index.json there",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
+    }
 }

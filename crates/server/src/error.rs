@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -17,6 +17,15 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("LTX_DEVICE: {0}")]
     Device(#[from] ltx_gpu::GpuError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("output folder {path}: {source}")]
+    OutputDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the worker thread: {0}")]
+    Worker(std::io::Error),
 }
 
 /// Every error a route returns; [`IntoResponse`] is the one place errors become HTTP.
@@ -24,6 +33,27 @@ pub enum ServerError {
 pub enum ApiError {
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
+    #[error("no job {0}")]
+    NoSuchJob(String),
+    #[error("job {id} is {state}: the result exists only for done jobs")]
+    NotReady { id: String, state: &'static str },
+    #[error("the request body must be JSON (Content-Type: application/json), got {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("the queue is full ({capacity} jobs waiting); retry later")]
+    QueueFull { capacity: usize },
+    #[error("the worker has stopped; the server is shutting down or unhealthy")]
+    Unavailable,
+    #[error("job {id} failed: {error}")]
+    JobFailed { id: String, error: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -32,12 +62,24 @@ pub enum ApiError {
 struct ErrorBody {
     error_type: &'static str,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
 }
 
 impl ApiError {
     fn status_and_type(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotFound { .. } | Self::NoSuchJob(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotReady { .. } => (StatusCode::CONFLICT, "not_ready"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            Self::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::JobFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "job_failed"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -49,10 +91,20 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!("{self}");
         }
+        let field = match &self {
+            Self::Invalid { field, .. } => Some(*field),
+            _ => None,
+        };
         let body = ErrorBody {
             error_type,
             message: self.to_string(),
+            field,
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if matches!(self, Self::QueueFull { .. }) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        }
+        resp
     }
 }

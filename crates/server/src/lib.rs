@@ -1,11 +1,15 @@
-//! The HTTP service. For now: liveness (`/health`) and a report of the machine (`/v1/system`);
-//! the image-to-video routes arrive with the pipeline.
+//! The HTTP service: image-to-video jobs (submit, status, result, cancel) run by one worker
+//! thread that owns the model, liveness (`/health`) and a machine report (`/v1/system`).
 
 mod config;
 mod error;
+mod jobs;
+mod jobs_api;
+mod request;
 mod routes;
+mod worker;
 
-pub use config::ServeConfig;
+pub use config::{Limits, ServeConfig};
 pub use error::{ApiError, ServerError};
 pub use routes::{router, AppState};
 
@@ -13,6 +17,7 @@ use std::net::SocketAddr;
 
 /// Binds, serves until ctrl-c/SIGTERM, then drains in-flight requests.
 pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
+    config.check()?;
     let state = AppState::new(&config)?;
     let addr: SocketAddr = (config.host, config.port).into();
     let listener = tokio::net::TcpListener::bind(addr)

@@ -1,17 +1,22 @@
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, Uri};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use ltx_gpu::device::ResolvedDevice;
 use ltx_gpu::report::{self, CudaReport};
 use ltx_gpu::DeviceSpec;
 use serde::Serialize;
 
-use crate::{ApiError, ServeConfig, ServerError};
+use tokio::sync::mpsc;
 
-/// Shared, read-only state of the routes.
+use crate::config::Limits;
+use crate::jobs::{Job, JobStore};
+use crate::worker::{self, WorkerConfig};
+use crate::{jobs_api, ApiError, ServeConfig, ServerError};
+
+/// Shared state of the routes: settings, the job store and the worker's queue.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -20,6 +25,10 @@ pub struct AppState {
 struct Inner {
     ltx_device: DeviceSpec,
     resolved: ResolvedDevice,
+    model: String,
+    jobs: JobStore,
+    queue: mpsc::Sender<Arc<Job>>,
+    config: ServeConfig,
 }
 
 impl AppState {
@@ -33,20 +42,73 @@ impl AppState {
             } => tracing::warn!("LTX_DEVICE=auto: using the CPU ({why})"),
             other => tracing::info!(device = ?other.tch_device(), "LTX-Video device"),
         }
+        std::fs::create_dir_all(&config.output_dir).map_err(|source| ServerError::OutputDir {
+            path: config.output_dir.clone(),
+            source,
+        })?;
+        let worker = WorkerConfig {
+            model: config.ltx_model.clone(),
+            device: resolved.clone(),
+        };
+        let model = worker.model_description();
+        if config.ltx_model.is_none() {
+            tracing::warn!("no LTX_MODEL configured: serving the demo model (random weights, videos are noise)");
+        }
+        let queue = worker::spawn(worker, config.queue_size)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ltx_device: config.ltx_device,
                 resolved,
+                model,
+                jobs: JobStore::default(),
+                queue,
+                config: config.clone(),
             }),
         })
+    }
+
+    pub(crate) fn jobs(&self) -> &JobStore {
+        &self.inner.jobs
+    }
+
+    pub(crate) fn queue(&self) -> &mpsc::Sender<Arc<Job>> {
+        &self.inner.queue
+    }
+
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.inner.config.queue_size
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.inner.config.limits
+    }
+
+    pub(crate) fn output_dir(&self) -> &std::path::Path {
+        &self.inner.config.output_dir
+    }
+
+    pub(crate) fn model_description(&self) -> &str {
+        &self.inner.model
+    }
+
+    pub(crate) fn wait_timeout_s(&self) -> u64 {
+        self.inner.config.wait_timeout_s
     }
 }
 
 pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits().max_body_bytes;
     Router::new()
         .route("/health", get(health))
         .route("/v1/system", get(system))
+        .route("/v1/image-to-video", post(jobs_api::submit))
+        .route(
+            "/v1/jobs/{id}",
+            get(jobs_api::status).delete(jobs_api::cancel),
+        )
+        .route("/v1/jobs/{id}/result", get(jobs_api::result))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
@@ -71,6 +133,9 @@ struct DeviceChoice {
 #[derive(Serialize)]
 struct System {
     version: &'static str,
+    /// The LTX-Video model the worker serves (loaded on the first job).
+    ltx_model: String,
+    queue_capacity: usize,
     torch_version: &'static str,
     cpu_threads: usize,
     ltx_device: DeviceChoice,
@@ -92,6 +157,8 @@ async fn system(State(state): State<AppState>) -> Result<Json<System>, ApiError>
     };
     Ok(Json(System {
         version: env!("CARGO_PKG_VERSION"),
+        ltx_model: state.model_description().to_string(),
+        queue_capacity: state.queue_capacity(),
         torch_version: ltx_gpu::torch_version(),
         cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ltx_device: DeviceChoice {

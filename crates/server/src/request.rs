@@ -1,0 +1,203 @@
+//! The image-to-video request as it arrives (JSON) and its validation into [`Work`]: every
+//! rule is checked here once, and each violation names the field, the limit and the value.
+
+use base64::Engine;
+use ltx_pipelines::image::RgbImage;
+use ltx_pipelines::I2vParams;
+use serde::Deserialize;
+
+use crate::config::Limits;
+use crate::jobs::Work;
+use crate::ApiError;
+
+/// `POST /v1/image-to-video` body. Unknown fields are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I2vRequest {
+    /// The first frame: base64 or a `data:image/...;base64,` URL of a PNG, JPEG or WebP.
+    pub image: String,
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: String,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub num_frames: Option<i64>,
+    pub steps: Option<usize>,
+    pub guidance_scale: Option<f64>,
+    pub guidance_rescale: Option<f64>,
+    pub seed: Option<u64>,
+    pub fps: Option<f64>,
+    pub decode_timestep: Option<f64>,
+    pub decode_noise_scale: Option<f64>,
+}
+
+fn invalid(field: &'static str, message: String) -> ApiError {
+    ApiError::Invalid { field, message }
+}
+
+fn finite(
+    field: &'static str,
+    v: Option<f64>,
+    default: f64,
+    lo: f64,
+    hi: f64,
+) -> Result<f64, ApiError> {
+    let v = v.unwrap_or(default);
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(
+            field,
+            format!("must be a number in [{lo}, {hi}], got {v}"),
+        ))
+    }
+}
+
+fn decode_image(data: &str, limits: &Limits) -> Result<RgbImage, ApiError> {
+    let b64 = match data.strip_prefix("data:") {
+        Some(rest) => rest.split_once(";base64,").map(|(_, b)| b).ok_or_else(|| {
+            invalid(
+                "image",
+                "a data URL must be base64 (data:image/png;base64,...)".into(),
+            )
+        })?,
+        None => data,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| invalid("image", format!("not valid base64: {e}")))?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| invalid("image", format!("unreadable: {e}")))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| {
+        invalid(
+            "image",
+            format!("not a readable PNG, JPEG or WebP image: {e}"),
+        )
+    })?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limits.max_input_pixels {
+        return Err(invalid(
+            "image",
+            format!(
+                "{w}x{h} = {pixels} pixels exceeds the limit of {} pixels",
+                limits.max_input_pixels
+            ),
+        ));
+    }
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| invalid("image", format!("unreadable: {e}")))?;
+    let mut memory = image::Limits::default();
+    memory.max_alloc = Some(limits.max_input_pixels.saturating_mul(16));
+    reader.limits(memory);
+    let img = reader
+        .decode()
+        .map_err(|e| {
+            invalid(
+                "image",
+                format!("not a readable PNG, JPEG or WebP image: {e}"),
+            )
+        })?
+        .to_rgb8();
+    Ok(RgbImage {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.into_raw(),
+    })
+}
+
+impl I2vRequest {
+    /// Checks every rule against `limits`; the random seed is drawn here when absent.
+    pub fn validate(self, limits: &Limits) -> Result<Work, ApiError> {
+        let chars = |field: &'static str, s: &str| {
+            let n = s.chars().count();
+            if n > limits.max_prompt_chars {
+                Err(invalid(
+                    field,
+                    format!(
+                        "{n} characters exceeds the limit of {}",
+                        limits.max_prompt_chars
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        chars("prompt", &self.prompt)?;
+        chars("negative_prompt", &self.negative_prompt)?;
+        let side = |field: &'static str, v: Option<i64>, default: i64| {
+            let v = v.unwrap_or(default);
+            if v <= 0 || v % 32 != 0 || v > limits.max_side {
+                Err(invalid(
+                    field,
+                    format!(
+                        "must be a multiple of 32 in [32, {}], got {v}",
+                        limits.max_side
+                    ),
+                ))
+            } else {
+                Ok(v)
+            }
+        };
+        let width = side("width", self.width, 704)?;
+        let height = side("height", self.height, 512)?;
+        if width * height > limits.max_pixels {
+            return Err(invalid(
+                "width",
+                format!(
+                    "{width}x{height} = {} pixels exceeds the limit of {}",
+                    width * height,
+                    limits.max_pixels
+                ),
+            ));
+        }
+        let frames = self.num_frames.unwrap_or(161);
+        if frames < 1 || (frames - 1) % 8 != 0 || frames > limits.max_frames {
+            return Err(invalid(
+                "num_frames",
+                format!("must be 8k+1 in [1, {}], got {frames}", limits.max_frames),
+            ));
+        }
+        let steps = self.steps.unwrap_or(50);
+        if steps == 0 || steps > limits.max_steps {
+            return Err(invalid(
+                "steps",
+                format!("must be in [1, {}], got {steps}", limits.max_steps),
+            ));
+        }
+        let seed = match self.seed {
+            Some(s) => s,
+            None => {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b)
+                    .map_err(|e| ApiError::Internal(format!("random seed: {e}")))?;
+                u64::from_le_bytes(b) >> 11
+            }
+        };
+        let fps = finite("fps", self.fps, 25.0, 1.0, 120.0)?;
+        let decode_timestep = finite("decode_timestep", self.decode_timestep, 0.0, 0.0, 1.0)?;
+        let decode_noise_scale = match self.decode_noise_scale {
+            Some(v) => Some(finite("decode_noise_scale", Some(v), 0.0, 0.0, 1.0)?),
+            None => None,
+        };
+        let params = I2vParams {
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            height,
+            width,
+            num_frames: frames,
+            steps,
+            guidance_scale: finite("guidance_scale", self.guidance_scale, 3.0, 0.0, 30.0)?,
+            guidance_rescale: finite("guidance_rescale", self.guidance_rescale, 0.0, 0.0, 1.0)?,
+            seed,
+            decoder_noise_seed: seed,
+            frame_rate: fps,
+            decode_timestep,
+            decode_noise_scale,
+            max_sequence_length: 128,
+        };
+        let image = decode_image(&self.image, limits)?;
+        Ok(Work { image, params, fps })
+    }
+}

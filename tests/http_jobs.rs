@@ -1,0 +1,375 @@
+//! The image-to-video API over real HTTP on a loopback port, with the demo model: submit,
+//! follow, download and ffprobe; `?wait=true`; cancel; queue full → 429; validation errors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ltx-i2v");
+
+struct Server {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(tag: &str, args: &[&str]) -> Server {
+    let dir = std::env::temp_dir().join(format!("ltx-http-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ltx-device",
+            "cpu",
+            "--output-dir",
+        ])
+        .arg(&dir)
+        .args(args)
+        .env("LTX_LOG", "info")
+        .env_remove("LTX_MODEL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.split("local=").nth(1).map(|a| a.trim().to_string()))
+        .expect("server printed no listening address");
+    std::thread::spawn(move || lines.for_each(drop));
+    Server { child, addr, dir }
+}
+
+struct Resp {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+fn request(addr: &str, method: &str, path: &str, ctype: Option<&str>, body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(c) = ctype {
+        head.push_str(&format!("Content-Type: {c}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no header end");
+    let headers = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Resp {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn png_b64() -> String {
+    let img = image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+    });
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn small_job(extra: serde_json::Value) -> Vec<u8> {
+    let mut body = serde_json::json!({
+        "image": png_b64(), "prompt": "a red ball", "width": 96, "height": 64,
+        "num_frames": 9, "steps": 2, "seed": 1
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    serde_json::to_vec(&body).unwrap()
+}
+
+fn submit(addr: &str, body: &[u8], query: &str) -> Resp {
+    request(
+        addr,
+        "POST",
+        &format!("/v1/image-to-video{query}"),
+        Some("application/json"),
+        body,
+    )
+}
+
+fn wait_state(addr: &str, id: &str, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = request(addr, "GET", &format!("/v1/jobs/{id}"), None, b"").json();
+        if s["state"] == want {
+            return s;
+        }
+        assert!(
+            !["done", "failed", "cancelled"].contains(&s["state"].as_str().unwrap()),
+            "wanted {want}, job ended {s}"
+        );
+        assert!(Instant::now() < deadline, "job stuck: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ffprobe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,pix_fmt,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe not found: install ffmpeg (apt-get install ffmpeg)");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["streams"][0].clone()
+}
+
+#[test]
+fn submit_follow_download_and_wait() {
+    let server = start("flow", &[]);
+    let a = &server.addr;
+    let r = submit(a, &small_job(serde_json::json!({})), "");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let job = r.json();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "ids are 128 random bits");
+    assert!(
+        job["model"].as_str().unwrap().contains("noise"),
+        "the demo model says so: {job}"
+    );
+    assert_eq!(
+        request(a, "GET", &format!("/v1/jobs/{id}/result"), None, b"").status,
+        409
+    );
+    let done = wait_state(a, &id, "done");
+    assert_eq!(done["step"], 2);
+    let result = request(a, "GET", &format!("/v1/jobs/{id}/result"), None, b"");
+    assert_eq!(result.status, 200);
+    assert!(
+        result
+            .headers
+            .to_ascii_lowercase()
+            .contains("content-type: video/mp4"),
+        "{}",
+        result.headers
+    );
+    let mp4 = server.dir.join("downloaded.mp4");
+    std::fs::write(&mp4, &result.body).unwrap();
+    let s = ffprobe(&mp4);
+    assert_eq!(
+        (s["codec_name"].as_str(), s["pix_fmt"].as_str()),
+        (Some("h264"), Some("yuv420p"))
+    );
+    assert_eq!(
+        (
+            s["width"].as_i64(),
+            s["height"].as_i64(),
+            s["nb_read_frames"].as_str()
+        ),
+        (Some(96), Some(64), Some("9"))
+    );
+    let head = request(a, "HEAD", &format!("/v1/jobs/{id}/result"), None, b"");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+
+    let sync = submit(a, &small_job(serde_json::json!({"seed": 2})), "?wait=true");
+    assert_eq!(sync.status, 200, "{}", String::from_utf8_lossy(&sync.body));
+    assert_eq!(
+        &sync.body[4..8],
+        b"ftyp",
+        "wait=true answers with the MP4 itself"
+    );
+}
+
+#[test]
+fn full_queue_answers_429_and_cancel_stops_jobs() {
+    let server = start("queue", &["--queue-size", "1"]);
+    let a = &server.addr;
+    let slow =
+        small_job(serde_json::json!({"width": 256, "height": 256, "num_frames": 33, "steps": 50}));
+    let mut accepted = Vec::new();
+    let mut rejected = 0;
+    for _ in 0..4 {
+        let r = submit(a, &slow, "");
+        match r.status {
+            202 => accepted.push(r.json()["id"].as_str().unwrap().to_string()),
+            429 => {
+                rejected += 1;
+                assert!(
+                    r.headers.to_ascii_lowercase().contains("retry-after:"),
+                    "{}",
+                    r.headers
+                );
+                assert_eq!(r.json()["error_type"], "queue_full");
+            }
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert!(
+        rejected >= 2 && !accepted.is_empty(),
+        "accepted {accepted:?}, rejected {rejected}"
+    );
+    for id in &accepted {
+        let r = request(a, "DELETE", &format!("/v1/jobs/{id}"), None, b"");
+        assert_eq!(r.status, 200);
+    }
+    for id in &accepted {
+        wait_state(a, id, "cancelled");
+    }
+    // The worker is free again: a new job runs to the end.
+    let r = submit(a, &small_job(serde_json::json!({})), "?wait=true");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[test]
+fn bad_requests_get_4xx_json_naming_the_problem() {
+    let server = start("bad", &["--max-body-bytes", "200000"]);
+    let a = &server.addr;
+    let cases: Vec<(Vec<u8>, Option<&str>, u16, &str)> = vec![
+        (
+            small_job(serde_json::json!({"height": 100})),
+            Some("application/json"),
+            422,
+            "height",
+        ),
+        (
+            small_job(serde_json::json!({"num_frames": 10})),
+            Some("application/json"),
+            422,
+            "num_frames",
+        ),
+        (
+            small_job(serde_json::json!({"steps": 0})),
+            Some("application/json"),
+            422,
+            "steps",
+        ),
+        (
+            small_job(serde_json::json!({"steps": 1000})),
+            Some("application/json"),
+            422,
+            "steps",
+        ),
+        (
+            small_job(serde_json::json!({"width": 4096})),
+            Some("application/json"),
+            422,
+            "width",
+        ),
+        (
+            small_job(serde_json::json!({"guidance_scale": -1.0})),
+            Some("application/json"),
+            422,
+            "guidance_scale",
+        ),
+        (
+            small_job(serde_json::json!({"colour": "red"})),
+            Some("application/json"),
+            422,
+            "unknown field",
+        ),
+        (
+            small_job(serde_json::json!({"steps": "many"})),
+            Some("application/json"),
+            422,
+            "invalid type",
+        ),
+        (
+            small_job(serde_json::json!({"image": "%%%not base64%%%"})),
+            Some("application/json"),
+            422,
+            "base64",
+        ),
+        (
+            small_job(
+                serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(b"random bytes, not an image")}),
+            ),
+            Some("application/json"),
+            422,
+            "image",
+        ),
+        (
+            b"{\"image\": ".to_vec(),
+            Some("application/json"),
+            400,
+            "JSON",
+        ),
+        (
+            small_job(serde_json::json!({})),
+            Some("text/plain"),
+            415,
+            "application/json",
+        ),
+        (
+            small_job(serde_json::json!({})),
+            None,
+            415,
+            "application/json",
+        ),
+        (vec![b'x'; 300_000], Some("application/json"), 413, "200000"),
+    ];
+    for (body, ctype, want_status, want_text) in cases {
+        let r = request(a, "POST", "/v1/image-to-video", ctype, &body);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.status, want_status, "{want_text}: {text}");
+        let v = r.json();
+        assert!(v["error_type"].is_string(), "{text}");
+        assert!(text.contains(want_text), "expected {want_text:?} in {text}");
+    }
+    assert_eq!(
+        request(
+            a,
+            "GET",
+            "/v1/jobs/00000000000000000000000000000000",
+            None,
+            b""
+        )
+        .status,
+        404
+    );
+    assert_eq!(request(a, "DELETE", "/v1/jobs/nope", None, b"").status, 404);
+    assert_eq!(
+        request(a, "GET", "/health", None, b"").status,
+        200,
+        "the server still answers"
+    );
+}
