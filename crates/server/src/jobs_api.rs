@@ -1,5 +1,6 @@
 //! The image-to-video API: submit a job, follow it, fetch its video, cancel it.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -181,6 +183,28 @@ pub async fn result(
             state: other.as_str(),
         }),
     }
+}
+
+/// `GET /v1/jobs/{id}/events`: server-sent events, one per change of the job (named after its
+/// state; the data is the job as JSON), ending after the final state. Fast consecutive
+/// changes may arrive as one event with the latest status.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let rx = find(&state, &id)?.subscribe();
+    let stream = futures_util::stream::unfold((rx, false, true), |(mut rx, finished, first)| async move {
+        if finished || (!first && rx.changed().await.is_err()) {
+            return None;
+        }
+        let status = rx.borrow_and_update().clone();
+        let event = Event::default()
+            .event(status.state.as_str())
+            .json_data(&status)
+            .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+        Some((Ok(event), (rx, status.state.is_terminal(), false)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// `DELETE /v1/jobs/{id}`: a queued job is cancelled now, a running one at its next step.

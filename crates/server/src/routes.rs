@@ -107,6 +107,8 @@ pub fn router(state: AppState) -> Router {
             get(jobs_api::status).delete(jobs_api::cancel),
         )
         .route("/v1/jobs/{id}/result", get(jobs_api::result))
+        .route("/v1/jobs/{id}/events", get(jobs_api::events))
+        .route("/ready", get(ready))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -119,6 +121,15 @@ struct Health {
 
 async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
+}
+
+/// `200` while the worker thread takes jobs, `503` once it has stopped.
+async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    if state.queue().is_closed() {
+        Err(ApiError::Unavailable)
+    } else {
+        Ok(Json(Health { status: "ready" }))
+    }
 }
 
 #[derive(Serialize)]
