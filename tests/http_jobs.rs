@@ -383,12 +383,30 @@ fn events_follow_a_job_to_done_and_ready_answers() {
     let id = r.json()["id"].as_str().unwrap().to_string();
     let events = request(a, "GET", &format!("/v1/jobs/{id}/events"), None, b"");
     assert_eq!(events.status, 200);
-    assert!(events.headers.to_ascii_lowercase().contains("text/event-stream"), "{}", events.headers);
+    assert!(
+        events
+            .headers
+            .to_ascii_lowercase()
+            .contains("text/event-stream"),
+        "{}",
+        events.headers
+    );
     let text = String::from_utf8_lossy(&events.body);
-    assert!(text.contains("event: done"), "the stream ends with the final state: {text}");
-    let last_data = text.lines().filter(|l| l.starts_with("data:")).last().unwrap();
-    let last: serde_json::Value = serde_json::from_str(last_data.trim_start_matches("data:").trim()).unwrap();
-    assert_eq!((last["state"].as_str(), last["step"].as_i64()), (Some("done"), Some(3)));
+    assert!(
+        text.contains("event: done"),
+        "the stream ends with the final state: {text}"
+    );
+    let last_data = text
+        .lines()
+        .filter(|l| l.starts_with("data:"))
+        .last()
+        .unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(last_data.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(
+        (last["state"].as_str(), last["step"].as_i64()),
+        (Some("done"), Some(3))
+    );
 }
 
 /// A tiny deterministic generator for the sweep (xorshift64*).
@@ -411,16 +429,40 @@ impl Rng {
 
 #[test]
 fn malformed_request_sweep_never_gets_a_5xx() {
-    let server = start("sweep", &["--max-body-bytes", "1000000", "--queue-size", "1"]);
+    let server = start(
+        "sweep",
+        &["--max-body-bytes", "1000000", "--queue-size", "1"],
+    );
     let a = &server.addr;
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let valid = small_job(serde_json::json!({}));
     let wrong_values = [
-        serde_json::json!(null), serde_json::json!(-1), serde_json::json!(1e300), serde_json::json!("12"),
-        serde_json::json!([1, 2]), serde_json::json!({"a": 1}), serde_json::json!(true), serde_json::json!(-1e-300),
-        serde_json::json!(4_000_000_000_i64), serde_json::json!(""),
+        serde_json::json!(null),
+        serde_json::json!(-1),
+        serde_json::json!(1e300),
+        serde_json::json!("12"),
+        serde_json::json!([1, 2]),
+        serde_json::json!({"a": 1}),
+        serde_json::json!(true),
+        serde_json::json!(-1e-300),
+        serde_json::json!(4_000_000_000_i64),
+        serde_json::json!(""),
     ];
-    let fields = ["image", "prompt", "negative_prompt", "width", "height", "num_frames", "steps", "guidance_scale", "guidance_rescale", "seed", "fps", "decode_timestep", "decode_noise_scale"];
+    let fields = [
+        "image",
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "num_frames",
+        "steps",
+        "guidance_scale",
+        "guidance_rescale",
+        "seed",
+        "fps",
+        "decode_timestep",
+        "decode_noise_scale",
+    ];
     let mut counts = std::collections::BTreeMap::<u16, usize>::new();
     let total = 150;
     for i in 0..total {
@@ -431,7 +473,10 @@ fn malformed_request_sweep_never_gets_a_5xx() {
                 (rng.bytes(n), "application/json")
             }
             // a valid request cut short
-            1 => (valid[..rng.below(valid.len() as u64) as usize].to_vec(), "application/json"),
+            1 => (
+                valid[..rng.below(valid.len() as u64) as usize].to_vec(),
+                "application/json",
+            ),
             // one field with a wrong type or out-of-range value
             2 => {
                 let mut v: serde_json::Value = serde_json::from_slice(&valid).unwrap();
@@ -441,35 +486,97 @@ fn malformed_request_sweep_never_gets_a_5xx() {
             }
             // random bytes (sometimes a PNG header) as the image
             3 => {
-                let mut img = if rng.below(2) == 0 { b"\x89PNG\r\n\x1a\n".to_vec() } else { Vec::new() };
+                let mut img = if rng.below(2) == 0 {
+                    b"\x89PNG\r\n\x1a\n".to_vec()
+                } else {
+                    Vec::new()
+                };
                 let n = rng.below(3000) as usize;
                 img.extend(rng.bytes(n));
                 let b64 = base64::engine::general_purpose::STANDARD.encode(img);
-                (small_job(serde_json::json!({"image": b64})), "application/json")
+                (
+                    small_job(serde_json::json!({"image": b64})),
+                    "application/json",
+                )
             }
             // huge or absurd dimensions
             4 => {
                 let big = [0, 31, 33, 65_536, 1 << 40, i64::MAX][rng.below(6) as usize];
                 let field = ["width", "height", "num_frames", "steps"][rng.below(4) as usize];
-                (small_job(serde_json::json!({field: big})), "application/json")
+                (
+                    small_job(serde_json::json!({field: big})),
+                    "application/json",
+                )
             }
             // the right body with a wrong content type
-            _ => (valid.clone(), ["text/plain", "application/x-www-form-urlencoded", "image/png", "multipart/form-data; boundary=x"][rng.below(4) as usize]),
+            _ => (
+                valid.clone(),
+                [
+                    "text/plain",
+                    "application/x-www-form-urlencoded",
+                    "image/png",
+                    "multipart/form-data; boundary=x",
+                ][rng.below(4) as usize],
+            ),
         };
         let r = request(a, "POST", "/v1/image-to-video", Some(ctype), &body);
         *counts.entry(r.status).or_default() += 1;
-        assert!(r.status < 500, "request {i} got {}: {}", r.status, String::from_utf8_lossy(&r.body));
+        assert!(
+            r.status < 500,
+            "request {i} got {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
         if r.status == 202 {
             // A mutation that happened to be valid: cancel it so the queue stays free.
             let id = r.json()["id"].as_str().unwrap().to_string();
             request(a, "DELETE", &format!("/v1/jobs/{id}"), None, b"");
         } else if r.status != 429 {
-            assert!(r.json()["error_type"].is_string(), "request {i}: {}", String::from_utf8_lossy(&r.body));
+            assert!(
+                r.json()["error_type"].is_string(),
+                "request {i}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
         }
     }
     eprintln!("malformed sweep: {total} requests, statuses {counts:?}");
     assert_eq!(counts.keys().filter(|s| **s >= 500).count(), 0);
-    assert_eq!(request(a, "GET", "/health", None, b"").status, 200, "the server still answers");
+    assert_eq!(
+        request(a, "GET", "/health", None, b"").status,
+        200,
+        "the server still answers"
+    );
     let r = submit(a, &small_job(serde_json::json!({"seed": 9})), "?wait=true");
     assert_eq!(r.status, 200, "a valid job still runs after the sweep");
+}
+
+#[test]
+fn sigterm_cancels_the_running_job_and_exits_zero() {
+    let mut server = start("shutdown", &[]);
+    let a = server.addr.clone();
+    let slow =
+        small_job(serde_json::json!({"width": 256, "height": 256, "num_frames": 33, "steps": 50}));
+    let id = submit(&a, &slow, "").json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(&a, &id, "running");
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
 }

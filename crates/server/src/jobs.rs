@@ -174,6 +174,22 @@ impl JobStore {
         lock(&self.jobs).get(id).cloned()
     }
 
+    /// Asks every unfinished job to stop; returns how many there were.
+    pub fn cancel_all(&self) -> usize {
+        let jobs: Vec<Arc<Job>> = lock(&self.jobs).values().cloned().collect();
+        jobs.iter()
+            .filter(|j| !j.status().state.is_terminal())
+            .map(|j| j.cancel())
+            .count()
+    }
+
+    /// Whether a job is running on the worker.
+    pub fn any_running(&self) -> bool {
+        lock(&self.jobs)
+            .values()
+            .any(|j| j.status().state == JobState::Running)
+    }
+
     /// Forgets a job that never reached the queue.
     pub fn remove(&self, id: &str) {
         lock(&self.jobs).remove(id);

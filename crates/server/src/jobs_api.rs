@@ -193,17 +193,18 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let rx = find(&state, &id)?.subscribe();
-    let stream = futures_util::stream::unfold((rx, false, true), |(mut rx, finished, first)| async move {
-        if finished || (!first && rx.changed().await.is_err()) {
-            return None;
-        }
-        let status = rx.borrow_and_update().clone();
-        let event = Event::default()
-            .event(status.state.as_str())
-            .json_data(&status)
-            .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
-        Some((Ok(event), (rx, status.state.is_terminal(), false)))
-    });
+    let stream =
+        futures_util::stream::unfold((rx, false, true), |(mut rx, finished, first)| async move {
+            if finished || (!first && rx.changed().await.is_err()) {
+                return None;
+            }
+            let status = rx.borrow_and_update().clone();
+            let event = Event::default()
+                .event(status.state.as_str())
+                .json_data(&status)
+                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+            Some((Ok(event), (rx, status.state.is_terminal(), false)))
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

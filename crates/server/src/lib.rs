@@ -27,11 +27,25 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
     tracing::info!(%local, "listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+    let on_signal = state.clone();
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Unfinished jobs are cancelled first, so waiting requests answer and the
+            // running job stops at its next step instead of holding the shutdown.
+            let n = on_signal.cancel_all();
+            tracing::info!("shutting down: cancelled {n} unfinished job(s)");
+        })
         .await
-        .map_err(ServerError::Serve)
+        .map_err(ServerError::Serve)?;
+    if !state.wait_idle(SHUTDOWN_GRACE).await {
+        tracing::warn!("the running job did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    Ok(())
 }
+
+/// How long shutdown waits for the running job to reach a step boundary.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -55,5 +69,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down");
 }

@@ -94,6 +94,23 @@ impl AppState {
     pub(crate) fn wait_timeout_s(&self) -> u64 {
         self.inner.config.wait_timeout_s
     }
+
+    /// Cancels every unfinished job (shutdown); returns how many.
+    pub fn cancel_all(&self) -> usize {
+        self.inner.jobs.cancel_all()
+    }
+
+    /// Waits until no job runs, at most `grace`; false if one still runs.
+    pub async fn wait_idle(&self, grace: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.inner.jobs.any_running() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        true
+    }
 }
 
 pub fn router(state: AppState) -> Router {
