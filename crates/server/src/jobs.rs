@@ -177,10 +177,12 @@ impl JobStore {
     /// Asks every unfinished job to stop; returns how many there were.
     pub fn cancel_all(&self) -> usize {
         let jobs: Vec<Arc<Job>> = lock(&self.jobs).values().cloned().collect();
-        jobs.iter()
-            .filter(|j| !j.status().state.is_terminal())
-            .map(|j| j.cancel())
-            .count()
+        let mut cancelled = 0;
+        for job in jobs.iter().filter(|j| !j.status().state.is_terminal()) {
+            job.cancel();
+            cancelled += 1;
+        }
+        cancelled
     }
 
     /// Whether a job is running on the worker.
