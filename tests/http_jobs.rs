@@ -396,11 +396,7 @@ fn events_follow_a_job_to_done_and_ready_answers() {
         text.contains("event: done"),
         "the stream ends with the final state: {text}"
     );
-    let last_data = text
-        .lines()
-        .filter(|l| l.starts_with("data:"))
-        .last()
-        .unwrap();
+    let last_data = text.lines().rev().find(|l| l.starts_with("data:")).unwrap();
     let last: serde_json::Value =
         serde_json::from_str(last_data.trim_start_matches("data:").trim()).unwrap();
     assert_eq!(
