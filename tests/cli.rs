@@ -1,11 +1,11 @@
 //! The binary as a user runs it: `doctor`, and `serve` answering over real TCP.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ltx-i2v");
+use std::io::Write;
+use std::process::Command;
+
+use common::BIN;
 
 fn has_driver() -> bool {
     let present = ltx_gpu::cuda::driver_present();
@@ -66,67 +66,14 @@ fn doctor_json_is_machine_readable() {
     assert!(v["kernels"].as_array().is_some_and(|k| !k.is_empty()));
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--output-dir",
-        ])
-        .arg(std::env::temp_dir().join(format!("ltx-cli-outputs-{}", std::process::id())))
-        .args(args)
-        .env("LTX_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.split("local=").nth(1).map(|a| a.trim().to_string()))
-        .expect("server printed no listening address");
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, addr }
-}
-
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let r = common::request(addr, "GET", path, None, b"");
+    (r.status, String::from_utf8_lossy(&r.body).to_string())
 }
 
 #[test]
 fn server_answers_health_system_and_404() {
-    let server = start(&["--ltx-device", "auto"]);
+    let server = common::start("cli", &["--ltx-device", "auto"]);
     let (status, body) = get(&server.addr, "/health");
     assert_eq!(status, 200);
     assert_eq!(

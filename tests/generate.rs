@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ltx-i2v");
+mod common;
+
+use common::{ffprobe, BIN};
 
 struct TempDir(PathBuf);
 
@@ -40,26 +42,6 @@ fn generate(args: &[&str]) -> Output {
         .env("LTX_DEVICE", "cpu")
         .output()
         .unwrap()
-}
-
-fn ffprobe(path: &Path) -> serde_json::Value {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,pix_fmt,width,height,nb_read_frames",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe not found: install ffmpeg (apt-get install ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffprobe: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["streams"][0].clone()
 }
 
 #[test]
