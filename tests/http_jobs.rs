@@ -472,3 +472,34 @@ fn sigterm_cancels_the_running_job_and_exits_zero() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn twenty_concurrent_submissions_all_finish_or_get_429() {
+    let server = start("concurrent", &["--queue-size", "8"]);
+    let addr = server.addr.clone();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let a = addr.clone();
+            std::thread::spawn(move || {
+                let r = submit(&a, &small_job(serde_json::json!({"seed": i})), "");
+                (
+                    r.status,
+                    (r.status == 202).then(|| r.json()["id"].as_str().unwrap().to_string()),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Option<String>)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let accepted: Vec<&String> = results.iter().filter_map(|(_, id)| id.as_ref()).collect();
+    let rejected = results.iter().filter(|(s, _)| *s == 429).count();
+    assert_eq!(
+        accepted.len() + rejected,
+        20,
+        "every submission is accepted or refused: {results:?}"
+    );
+    assert!(accepted.len() >= 8, "the queue holds 8: {results:?}");
+    for id in accepted {
+        wait_state(&addr, id, "done");
+    }
+}
