@@ -94,11 +94,7 @@ fn read_image(path: &Path) -> anyhow::Result<RgbImage> {
             )
         })?
         .to_rgb8();
-    Ok(RgbImage {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    })
+    Ok(img.into())
 }
 
 fn check_output(path: &Path) -> anyhow::Result<()> {

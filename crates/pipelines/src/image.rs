@@ -136,3 +136,13 @@ impl RgbImage {
         }
     }
 }
+
+impl From<::image::RgbImage> for RgbImage {
+    fn from(img: ::image::RgbImage) -> Self {
+        RgbImage {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.into_raw(),
+        }
+    }
+}

@@ -100,11 +100,7 @@ fn decode_image(data: &str, limits: &Limits) -> Result<RgbImage, ApiError> {
             )
         })?
         .to_rgb8();
-    Ok(RgbImage {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    })
+    Ok(img.into())
 }
 
 impl I2vRequest {
