@@ -66,15 +66,19 @@ fn decode_image(data: &str, limits: &Limits) -> Result<RgbImage, ApiError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| invalid("image", format!("not valid base64: {e}")))?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| invalid("image", format!("unreadable: {e}")))?;
-    let (w, h) = reader.into_dimensions().map_err(|e| {
+    let unreadable = |e: image::ImageError| {
         invalid(
             "image",
             format!("not a readable PNG, JPEG or WebP image: {e}"),
         )
-    })?;
+    };
+    // One parse: the header gives the size, checked before any pixel is decoded.
+    let mut decoder = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| invalid("image", format!("unreadable: {e}")))?
+        .into_decoder()
+        .map_err(unreadable)?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
     let pixels = u64::from(w) * u64::from(h);
     if pixels > limits.max_input_pixels {
         return Err(invalid(
@@ -85,20 +89,11 @@ fn decode_image(data: &str, limits: &Limits) -> Result<RgbImage, ApiError> {
             ),
         ));
     }
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| invalid("image", format!("unreadable: {e}")))?;
     let mut memory = image::Limits::default();
     memory.max_alloc = Some(limits.max_input_pixels.saturating_mul(16));
-    reader.limits(memory);
-    let img = reader
-        .decode()
-        .map_err(|e| {
-            invalid(
-                "image",
-                format!("not a readable PNG, JPEG or WebP image: {e}"),
-            )
-        })?
+    image::ImageDecoder::set_limits(&mut decoder, memory).map_err(unreadable)?;
+    let img = image::DynamicImage::from_decoder(decoder)
+        .map_err(unreadable)?
         .to_rgb8();
     Ok(img.into())
 }
