@@ -47,6 +47,23 @@ impl TextEncoder {
         })
     }
 
+    /// Bytes of a TorchScript module's parameters (`None` for the native T5,
+    /// whose weights its [`crate::weights::WeightStore`] counted).
+    pub fn torchscript_bytes(&self) -> Option<u64> {
+        match self {
+            Self::T5(_) => None,
+            Self::TorchScript { module, .. } => {
+                let params = module.named_parameters().ok()?;
+                Some(
+                    params
+                        .iter()
+                        .map(|(_, t)| crate::weights::tensor_bytes(t))
+                        .sum(),
+                )
+            }
+        }
+    }
+
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         match self {
             Self::T5(m) => m.forward(input_ids),

@@ -35,6 +35,7 @@ pub struct WeightStore {
     files: Vec<Mapped>,
     index: HashMap<String, Entry>,
     used: RefCell<HashSet<String>>,
+    loaded_bytes: std::cell::Cell<u64>,
     description: String,
     kind: Kind,
     device: Device,
@@ -193,6 +194,7 @@ impl WeightStore {
             files,
             index,
             used: RefCell::default(),
+            loaded_bytes: std::cell::Cell::new(0),
             description,
             kind,
             device,
@@ -207,6 +209,7 @@ impl WeightStore {
             files: Vec::new(),
             index: HashMap::new(),
             used: RefCell::default(),
+            loaded_bytes: std::cell::Cell::new(0),
             description: "random weights (demo model)".into(),
             kind,
             device,
@@ -255,6 +258,18 @@ impl WeightStore {
     }
 
     fn load(&self, name: &str, expected: &[i64], kind: Kind) -> Result<Tensor> {
+        let t = self.load_uncounted(name, expected, kind)?;
+        self.loaded_bytes
+            .set(self.loaded_bytes.get() + tensor_bytes(&t));
+        Ok(t)
+    }
+
+    /// Bytes of every tensor handed out so far (the weights the built modules hold).
+    pub fn loaded_bytes(&self) -> u64 {
+        self.loaded_bytes.get()
+    }
+
+    fn load_uncounted(&self, name: &str, expected: &[i64], kind: Kind) -> Result<Tensor> {
         if self.random {
             return Self::random_tensor(name, expected, kind, self.device);
         }
@@ -312,6 +327,11 @@ impl WeightStore {
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|f| f.path.as_path())
     }
+}
+
+/// Bytes of a tensor's elements.
+pub fn tensor_bytes(t: &Tensor) -> u64 {
+    t.numel() as u64 * t.kind().elt_size_in_bytes() as u64
 }
 
 /// Names and shapes of the tensors in a safetensors file (reads only the header).

@@ -82,8 +82,13 @@ pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<Lt
             transformer: LtxTransformer::new(&store.root(), transformer())?,
             vae: LtxVae::new(&store.root(), vae())?,
             scheduler: scheduler(),
+            weight_bytes: 0,
         })
     })?;
+    let parts = Components {
+        weight_bytes: store.loaded_bytes(),
+        ..parts
+    };
     Ok(LtxI2vPipeline::from_components(
         parts,
         opts,

@@ -154,6 +154,8 @@ pub struct Components {
     pub transformer: LtxTransformer,
     pub vae: LtxVae,
     pub scheduler: FlowMatchConfig,
+    /// Bytes of all weights the components hold (on `LoadOptions::device`).
+    pub weight_bytes: u64,
 }
 
 pub struct LtxI2vPipeline {
@@ -164,30 +166,35 @@ pub struct LtxI2vPipeline {
     scheduler: FlowMatchConfig,
     opts: LoadOptions,
     source: ModelSource,
+    weight_bytes: u64,
 }
 
 fn component<T>(
     dir: &Path,
     name: &str,
     opts: LoadOptions,
+    bytes: &mut u64,
     build: impl FnOnce(&WeightStore) -> Result<T>,
 ) -> Result<T> {
     let store = WeightStore::from_component_dir(&dir.join(name), opts.dtype, opts.device)?;
     let model = build(&store)?;
     store.finish()?;
+    *bytes += store.loaded_bytes();
     Ok(model)
 }
 
 /// `text_encoder/`: a TorchScript export if the folder has one (see
 /// [`TextEncoder::torchscript_in`]), else T5 from its config and safetensors.
-fn load_text_encoder(dir: &Path, opts: LoadOptions) -> Result<TextEncoder> {
+fn load_text_encoder(dir: &Path, opts: LoadOptions, bytes: &mut u64) -> Result<TextEncoder> {
     let folder = dir.join("text_encoder");
     if let Some(ts) = TextEncoder::torchscript_in(&folder) {
         tracing::info!(path = %ts.display(), "TorchScript text encoder");
-        return TextEncoder::load_torchscript(&ts, opts.device, opts.dtype);
+        let te = TextEncoder::load_torchscript(&ts, opts.device, opts.dtype)?;
+        *bytes += te.torchscript_bytes().unwrap_or(0);
+        return Ok(te);
     }
     let cfg: T5Config = read_config(&folder.join("config.json"))?;
-    component(dir, "text_encoder", opts, |s| {
+    component(dir, "text_encoder", opts, bytes, |s| {
         T5Encoder::new(&s.root(), cfg)
     })
     .map(TextEncoder::T5)
@@ -215,14 +222,18 @@ impl LtxI2vPipeline {
         let vae_cfg: LtxVaeConfig = read_config(&dir.join("vae/config.json"))?;
         let scheduler: FlowMatchConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
         scheduler.validate()?;
+        let mut bytes = 0;
         let parts = Components {
             tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
-            text_encoder: load_text_encoder(dir, opts)?,
-            transformer: component(dir, "transformer", opts, |s| {
+            text_encoder: load_text_encoder(dir, opts, &mut bytes)?,
+            transformer: component(dir, "transformer", opts, &mut bytes, |s| {
                 LtxTransformer::new(&s.root(), tr_cfg)
             })?,
-            vae: component(dir, "vae", opts, |s| LtxVae::new(&s.root(), vae_cfg))?,
+            vae: component(dir, "vae", opts, &mut bytes, |s| {
+                LtxVae::new(&s.root(), vae_cfg)
+            })?,
             scheduler,
+            weight_bytes: bytes,
         };
         Ok(Self::from_components(
             parts,
@@ -251,12 +262,15 @@ impl LtxI2vPipeline {
         tracing::info!(?layout, "single-file VAE layout");
         let vae = LtxVae::new(&vae_store.root(), vae_cfg)?;
         vae_store.finish()?;
+        let mut bytes = tr_store.loaded_bytes() + vae_store.loaded_bytes();
+        let text_encoder = load_text_encoder(dir, opts, &mut bytes)?;
         let parts = Components {
             tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
-            text_encoder: load_text_encoder(dir, opts)?,
+            text_encoder,
             transformer,
             vae,
             scheduler,
+            weight_bytes: bytes,
         };
         Ok(Self::from_components(
             parts,
@@ -274,11 +288,21 @@ impl LtxI2vPipeline {
             scheduler: c.scheduler,
             opts,
             source,
+            weight_bytes: c.weight_bytes,
         }
     }
 
     pub fn source(&self) -> &ModelSource {
         &self.source
+    }
+
+    /// Bytes of the weights the pipeline holds, all on [`LtxI2vPipeline::device`].
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.opts.device
     }
 
     /// `[B, C, F, H, W]` → `[B, F·H·W, C]` (token order f, h, w).

@@ -1,7 +1,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 use ltx_gpu::DeviceSpec;
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,29 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_WAIT_TIMEOUT_S", default_value_t = 600)]
     pub wait_timeout_s: u64,
 
+    /// Model CPU offload for LTX-Video (the original service's switch): whole components
+    /// move to the GPU while they run. A no-op on the CPU device.
+    #[arg(long, env = "LTX_ENABLE_CPU_OFFLOAD", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub ltx_enable_cpu_offload: bool,
+
+    /// Sequential CPU offload for LTX-Video: weights streamed layer by layer; wins over
+    /// LTX_ENABLE_CPU_OFFLOAD. A no-op on the CPU device.
+    #[arg(long, env = "LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub ltx_enable_sequential_cpu_offload: bool,
+
+    /// A done job's video is kept this many seconds, then deleted (its id then answers 410).
+    #[arg(long, env = "LTX_RESULT_MAX_AGE_S", default_value_t = 24 * 3600)]
+    pub result_max_age_s: u64,
+
+    /// The output folder's videos are kept under this many bytes, oldest deleted first (the
+    /// newest is always kept).
+    #[arg(long, env = "LTX_RESULT_MAX_BYTES", default_value_t = 10 << 30)]
+    pub result_max_bytes: u64,
+
+    /// On SIGTERM/SIGINT, how long the running job gets to reach a step boundary.
+    #[arg(long, env = "LTX_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+
     #[command(flatten)]
     #[serde(flatten)]
     pub limits: Limits,
@@ -75,6 +99,9 @@ impl ServeConfig {
         if self.queue_size == 0 {
             return bad("--queue-size (LTX_QUEUE_SIZE) must be at least 1".into());
         }
+        if self.result_max_age_s == 0 {
+            return bad("--result-max-age-s (LTX_RESULT_MAX_AGE_S) must be at least 1".into());
+        }
         if self.limits.max_pixels > self.limits.max_side * self.limits.max_side {
             return bad(format!(
                 "--max-pixels ({}) exceeds --max-side² ({}): lower one of them",
@@ -91,5 +118,20 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The memory mode the offload switches ask for.
+    pub fn ltx_offload(&self) -> crate::family::OffloadMode {
+        crate::family::OffloadMode::from_switches(
+            self.ltx_enable_cpu_offload,
+            self.ltx_enable_sequential_cpu_offload,
+        )
+    }
+
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            max_age_s: self.result_max_age_s,
+            max_bytes: self.result_max_bytes,
+        }
     }
 }

@@ -35,9 +35,13 @@ pub enum ApiError {
     NotFound { method: String, path: String },
     #[error("no job {0}")]
     NoSuchJob(String),
+    #[error("no model family {family:?}; known: {known}")]
+    NoSuchFamily { family: String, known: String },
+    #[error("the result of job {0} was deleted by the retention policy")]
+    Gone(String),
     #[error("job {id} is {state}: the result exists only for done jobs")]
     NotReady { id: String, state: &'static str },
-    #[error("the request body must be JSON (Content-Type: application/json), got {0:?}")]
+    #[error("the request body must be JSON (Content-Type: application/json) or multipart/form-data, got {0:?}")]
     UnsupportedMediaType(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -69,7 +73,10 @@ struct ErrorBody {
 impl ApiError {
     fn status_and_type(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::NotFound { .. } | Self::NoSuchJob(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotFound { .. } | Self::NoSuchJob(_) | Self::NoSuchFamily { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            Self::Gone(_) => (StatusCode::GONE, "gone"),
             Self::NotReady { .. } => (StatusCode::CONFLICT, "not_ready"),
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

@@ -10,10 +10,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::I2vParams;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -39,22 +40,69 @@ impl JobState {
     }
 }
 
+/// What a running job is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Loading,
+    EncodingText,
+    EncodingImage,
+    Denoising,
+    Decoding,
+    WritingVideo,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 6] = [
+        Stage::Loading,
+        Stage::EncodingText,
+        Stage::EncodingImage,
+        Stage::Denoising,
+        Stage::Decoding,
+        Stage::WritingVideo,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loading => "loading",
+            Self::EncodingText => "encoding_text",
+            Self::EncodingImage => "encoding_image",
+            Self::Denoising => "denoising",
+            Self::Decoding => "decoding",
+            Self::WritingVideo => "writing_video",
+        }
+    }
+}
+
 /// A job as clients see it (`GET /v1/jobs/{id}`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobStatus {
+    /// 32 hex digits (128 random bits).
     pub id: String,
     pub state: JobState,
-    /// loading, encoding_text, encoding_image, denoising, decoding, writing_video.
-    pub stage: Option<&'static str>,
+    /// What a running job is doing now.
+    pub stage: Option<Stage>,
+    /// Denoising step reached (of `total_steps`).
     pub step: usize,
     pub total_steps: usize,
+    /// Why the job failed.
     pub error: Option<String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// Seconds the job waited in the queue.
     pub queued_seconds: Option<f64>,
+    /// Seconds from leaving the queue to the end.
     pub run_seconds: Option<f64>,
+    /// Seconds spent in each stage so far.
+    pub timings: std::collections::BTreeMap<Stage, f64>,
+    /// The model that serves (or served) the job.
     pub model: String,
     pub seed: u64,
+    /// Unix seconds after which the result may be deleted (set when the job is done).
+    pub expires_at: Option<u64>,
+    /// The result was deleted by the retention policy.
+    #[serde(default)]
+    pub expired: bool,
 }
 
 /// A validated request, ready for the worker.
@@ -142,9 +190,7 @@ impl JobStore {
         output_dir: &std::path::Path,
     ) -> Result<Arc<Job>, getrandom::Error> {
         let id = new_id()?;
-        let created_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let created_at = unix_now();
         let status = JobStatus {
             id: id.clone(),
             state: JobState::Queued,
@@ -155,8 +201,11 @@ impl JobStore {
             created_at,
             queued_seconds: None,
             run_seconds: None,
+            timings: Default::default(),
             model,
             seed: work.params.seed,
+            expires_at: None,
+            expired: false,
         };
         let job = Arc::new(Job {
             output: output_dir.join(format!("{id}.mp4")),
@@ -192,8 +241,47 @@ impl JobStore {
             .any(|j| j.status().state == JobState::Running)
     }
 
-    /// Forgets a job that never reached the queue.
+    /// Forgets a job (one that never reached the queue, or one past retention).
     pub fn remove(&self, id: &str) {
         lock(&self.jobs).remove(id);
     }
+
+    /// Every job, in no particular order.
+    pub fn all(&self) -> Vec<Arc<Job>> {
+        lock(&self.jobs).values().cloned().collect()
+    }
+
+    /// Puts back a finished job found on disk at start-up.
+    pub fn restore(&self, status: JobStatus, output: PathBuf) {
+        let id = status.id.clone();
+        let job = Arc::new(Job {
+            id: id.clone(),
+            status: watch::Sender::new(status),
+            cancel: AtomicBool::new(false),
+            work: Mutex::new(None),
+            created: Instant::now(),
+            output,
+        });
+        lock(&self.jobs).insert(id, job);
+    }
+
+    /// Jobs waiting or running.
+    pub fn unfinished(&self) -> usize {
+        lock(&self.jobs)
+            .values()
+            .filter(|j| !j.status().state.is_terminal())
+            .count()
+    }
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether `name` looks like a job id (so only our own files are ever deleted).
+pub fn is_job_id(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -4,32 +4,39 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::error::TrySendError;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::jobs::{Job, JobState, JobStatus};
-use crate::request::I2vRequest;
-use crate::routes::AppState;
+use crate::request::{I2vForm, I2vRequest, TEXT_FIELDS};
+use crate::routes::{ApiErrorBody, AppState};
+use crate::worker::Command;
 use crate::ApiError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SubmitQuery {
-    /// Answer with the MP4 itself when the job finishes within the server's wait limit.
+    /// Answer with the MP4 itself when the job finishes within the server's wait limit
+    /// (otherwise `202` as without it).
     #[serde(default)]
     wait: bool,
 }
 
-#[derive(Serialize)]
+/// A job just accepted (or still running when `?wait=true` gave up).
+#[derive(Serialize, ToSchema)]
 struct Submitted {
     #[serde(flatten)]
+    #[schema(inline)]
     status: JobStatus,
     status_url: String,
     result_url: String,
@@ -53,32 +60,46 @@ fn submitted(status: JobStatus) -> Response {
     resp
 }
 
-fn parse_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<I2vRequest, ApiError> {
-    let ctype = headers
+fn content_type(req: &Request) -> String {
+    req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ctype
+        .unwrap_or("")
         .trim()
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return Err(ApiError::UnsupportedMediaType(ctype.to_string()));
+        .to_string()
+}
+
+fn too_large(state: &AppState) -> ApiError {
+    ApiError::PayloadTooLarge {
+        limit: state.limits().max_body_bytes,
     }
-    let body = body.map_err(|e| {
+}
+
+/// The body as JSON or as a multipart form, into one request type.
+async fn read_request(state: &AppState, req: Request) -> Result<I2vRequest, ApiError> {
+    let ctype = content_type(&req);
+    let lower = ctype.to_ascii_lowercase();
+    if lower.starts_with("multipart/form-data") {
+        let form = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        return read_form(state, form).await;
+    }
+    if !lower.starts_with("application/json") {
+        return Err(ApiError::UnsupportedMediaType(ctype));
+    }
+    let body = Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.limits().max_body_bytes,
-            }
+            too_large(state)
         } else {
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| match e.classify() {
+    from_json(serde_json::from_slice(&body))
+}
+
+fn from_json(parsed: Result<I2vRequest, serde_json::Error>) -> Result<I2vRequest, ApiError> {
+    parsed.map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Invalid {
             field: "body",
             message: e.to_string(),
@@ -87,15 +108,85 @@ fn parse_body(
     })
 }
 
-/// `POST /v1/image-to-video`.
+/// A multipart form: the `image` part is the file, every other part a field of the JSON body
+/// (numbers as text), checked by the same deserializer so the same rules and errors apply.
+async fn read_form(state: &AppState, mut form: Multipart) -> Result<I2vRequest, ApiError> {
+    let part_error = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(state)
+        } else {
+            ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+        }
+    };
+    let mut fields = serde_json::Map::new();
+    let mut image = None;
+    while let Some(part) = form.next_field().await.map_err(part_error)? {
+        let name = part.name().unwrap_or("").to_string();
+        if name == "image" {
+            if image.is_some() {
+                return Err(ApiError::Invalid {
+                    field: "image",
+                    message: "sent twice".into(),
+                });
+            }
+            image = Some(part.bytes().await.map_err(part_error)?.to_vec());
+            continue;
+        }
+        let text = part.text().await.map_err(part_error)?;
+        let value = if TEXT_FIELDS.contains(&name.as_str()) {
+            serde_json::Value::String(text)
+        } else {
+            // Numbers arrive as text; anything else stays a string and fails the type check.
+            serde_json::from_str::<serde_json::Value>(text.trim())
+                .ok()
+                .filter(serde_json::Value::is_number)
+                .unwrap_or(serde_json::Value::String(text))
+        };
+        if fields.insert(name.clone(), value).is_some() {
+            return Err(ApiError::Invalid {
+                field: "body",
+                message: format!("field {name:?} sent twice"),
+            });
+        }
+    }
+    let Some(image) = image else {
+        return Err(ApiError::Invalid {
+            field: "image",
+            message: "missing: send the image as a file part named \"image\"".into(),
+        });
+    };
+    fields.insert("image".into(), serde_json::Value::String(String::new()));
+    let mut request = from_json(serde_json::from_value(serde_json::Value::Object(fields)))?;
+    request.image_bytes = Some(image);
+    Ok(request)
+}
+
+/// Queues an image-to-video job.
+#[utoipa::path(post, path = "/v1/image-to-video", tag = "jobs",
+    params(SubmitQuery),
+    request_body(content(
+        (I2vRequest = "application/json"),
+        (I2vForm = "multipart/form-data"))),
+    responses(
+        (status = 202, description = "Queued (or, with `?wait=true`, not finished in time)", body = Submitted,
+            headers(("Location" = String, description = "The job's status URL"))),
+        (status = 200, description = "`?wait=true`: the video", content_type = "video/mp4", body = Vec<u8>),
+        (status = 400, description = "Malformed JSON, multipart or query", body = ApiErrorBody),
+        (status = 409, description = "`?wait=true`: the job was cancelled", body = ApiErrorBody),
+        (status = 413, description = "Body over the size limit", body = ApiErrorBody),
+        (status = 415, description = "Neither JSON nor multipart", body = ApiErrorBody),
+        (status = 422, description = "A field breaks a rule; `field` names it", body = ApiErrorBody),
+        (status = 429, description = "The queue is full; see Retry-After", body = ApiErrorBody,
+            headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 500, description = "`?wait=true`: the job failed", body = ApiErrorBody),
+        (status = 503, description = "The worker has stopped", body = ApiErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let request = parse_body(&state, &headers, body)?;
+    let request = read_request(&state, req).await?;
     let limits = state.limits().clone();
     // Decoding a large image takes a while: keep it off the async executor.
     let work = tokio::task::spawn_blocking(move || request.validate(&limits))
@@ -124,7 +215,7 @@ async fn wait_for(state: &AppState, job: &Arc<Job>) -> Result<Response, ApiError
     .unwrap_or(false);
     let status = job.status();
     match (finished, status.state) {
-        (true, JobState::Done) => video(job).await,
+        (true, JobState::Done) => video(job, Request::new(Body::empty())).await,
         (true, JobState::Failed) => Err(ApiError::JobFailed {
             id: status.id,
             error: status.error.unwrap_or_default(),
@@ -137,22 +228,25 @@ async fn wait_for(state: &AppState, job: &Arc<Job>) -> Result<Response, ApiError
     }
 }
 
-async fn video(job: &Job) -> Result<Response, ApiError> {
-    let bytes = tokio::fs::read(&job.output)
+/// The video of a done job, through tower-http's file service: `Range` (206/416), HEAD,
+/// `Last-Modified` and conditional requests, `video/mp4`.
+async fn video(job: &Job, req: Request) -> Result<Response, ApiError> {
+    if job.status().expired {
+        return Err(ApiError::Gone(job.id.clone()));
+    }
+    let resp = ServeFile::new(&job.output)
+        .oneshot(req)
         .await
         .map_err(|e| ApiError::Internal(format!("reading {}: {e}", job.output.display())))?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(ApiError::Gone(job.id.clone()));
+    }
+    let mut resp = resp.map(Body::new);
     let disposition = format!("inline; filename=\"{}.mp4\"", job.id);
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static("video/mp4")),
-            (
-                header::CONTENT_DISPOSITION,
-                HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("inline")),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
 }
 
 fn find(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
@@ -162,7 +256,12 @@ fn find(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
         .ok_or_else(|| ApiError::NoSuchJob(id.to_string()))
 }
 
-/// `GET /v1/jobs/{id}`.
+/// A job's state, stage, step, timings and error.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 404, description = "No such job", body = ApiErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -170,14 +269,26 @@ pub async fn status(
     Ok(Json(find(&state, &id)?.status()))
 }
 
-/// `GET /v1/jobs/{id}/result` (HEAD too): the MP4 of a done job.
+/// The MP4 of a done job; HEAD and byte ranges (`Range: bytes=a-b`) are supported.
+#[utoipa::path(method(get, head), path = "/v1/jobs/{id}/result", tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-1023`")),
+    responses(
+        (status = 200, description = "The video", content_type = "video/mp4", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "video/mp4", body = Vec<u8>),
+        (status = 404, description = "No such job", body = ApiErrorBody),
+        (status = 409, description = "The job is not done", body = ApiErrorBody),
+        (status = 410, description = "Deleted by the retention policy", body = ApiErrorBody),
+        (status = 416, description = "The range is outside the file")))]
 pub async fn result(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let job = find(&state, &id)?;
     match job.status().state {
-        JobState::Done => video(&job).await,
+        JobState::Done => video(&job, req).await,
         other => Err(ApiError::NotReady {
             id,
             state: other.as_str(),
@@ -185,9 +296,14 @@ pub async fn result(
     }
 }
 
-/// `GET /v1/jobs/{id}/events`: server-sent events, one per change of the job (named after its
-/// state; the data is the job as JSON), ending after the final state. Fast consecutive
-/// changes may arrive as one event with the latest status.
+/// Server-sent events, one per change of the job (named after its state; the data is the job
+/// as JSON), ending after the final state. Fast consecutive changes may arrive as one event
+/// with the latest status.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "`text/event-stream`: events `queued`, then while running one named after the stage (`loading`, `encoding_text`, `encoding_image`, `denoising` with step/total_steps, `decoding`, `writing_video`), then `done`, `failed` or `cancelled`; data is the job", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such job", body = ApiErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -199,8 +315,14 @@ pub async fn events(
                 return None;
             }
             let status = rx.borrow_and_update().clone();
+            // While running, the event is named after the stage (loading, encoding_text,
+            // encoding_image, denoising, decoding, writing_video).
+            let name = match (status.state, status.stage) {
+                (JobState::Running, Some(stage)) => stage.as_str(),
+                (state, _) => state.as_str(),
+            };
             let event = Event::default()
-                .event(status.state.as_str())
+                .event(name)
                 .json_data(&status)
                 .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
             Some((Ok(event), (rx, status.state.is_terminal(), false)))
@@ -208,7 +330,13 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// `DELETE /v1/jobs/{id}`: a queued job is cancelled now, a running one at its next step.
+/// Cancels a job: a queued one now, a running one at its next step boundary (its memory is
+/// then released).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job after the request", body = JobStatus),
+        (status = 404, description = "No such job", body = ApiErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -229,10 +357,16 @@ impl AppState {
                 self.output_dir(),
             )
             .map_err(|e| ApiError::Internal(format!("job id: {e}")))?;
-        match self.queue().try_send(job.clone()) {
-            Ok(()) => Ok(job),
+        match self.queue().try_send(Command::Run(job.clone())) {
+            Ok(()) => {
+                self.metrics().job_accepted();
+                Ok(job)
+            }
             Err(e) => {
                 self.jobs().remove(&job.id);
+                if matches!(e, TrySendError::Full(_)) {
+                    self.metrics().queue_full();
+                }
                 Err(match e {
                     TrySendError::Full(_) => ApiError::QueueFull {
                         capacity: self.queue_capacity(),

@@ -1,19 +1,24 @@
-//! The HTTP service: image-to-video jobs (submit, status, result, cancel) run by one worker
-//! thread that owns the model, liveness (`/health`) and a machine report (`/v1/system`).
+//! The HTTP service: image-to-video jobs (submit, status, events, result, cancel) run by one
+//! worker thread that owns the model; liveness, readiness, a machine report, Prometheus
+//! metrics, model unloading and the OpenAPI document.
 
 mod config;
 mod error;
+mod family;
 mod jobs;
 mod jobs_api;
+mod metrics;
 mod request;
+mod retention;
 mod routes;
 mod worker;
 
 pub use config::{Limits, ServeConfig};
 pub use error::{ApiError, ServerError};
-pub use routes::{router, AppState};
+pub use routes::{openapi, router, AppState};
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Binds, serves until ctrl-c/SIGTERM, then drains in-flight requests.
 pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
@@ -27,6 +32,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
     tracing::info!(%local, "listening");
+    let sweeper = tokio::spawn(sweep_results(
+        state.clone(),
+        sweep_interval(config.result_max_age_s),
+    ));
     let on_signal = state.clone();
     axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(async move {
@@ -38,14 +47,38 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
         })
         .await
         .map_err(ServerError::Serve)?;
-    if !state.wait_idle(SHUTDOWN_GRACE).await {
-        tracing::warn!("the running job did not stop within {SHUTDOWN_GRACE:?}");
+    sweeper.abort();
+    let grace = Duration::from_secs(config.shutdown_grace_s);
+    if !state.wait_idle(grace).await {
+        tracing::warn!("the running job did not stop within {grace:?}");
     }
     Ok(())
 }
 
-/// How long shutdown waits for the running job to reach a step boundary.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Sweeps often enough that a result outlives its age limit by at most a tenth of it (within
+/// 1 s to 60 s).
+fn sweep_interval(max_age_s: u64) -> Duration {
+    Duration::from_secs((max_age_s / 10).clamp(1, 60))
+}
+
+async fn sweep_results(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || s.sweep_results()).await {
+            Ok(swept) if swept.deleted > 0 => tracing::info!(
+                deleted = swept.deleted,
+                freed_bytes = swept.freed_bytes,
+                kept = swept.kept,
+                kept_bytes = swept.kept_bytes,
+                "result retention"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("result retention sweep: {e}"),
+        }
+    }
+}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

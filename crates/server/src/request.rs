@@ -5,31 +5,78 @@ use base64::Engine;
 use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::I2vParams;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::config::Limits;
 use crate::jobs::Work;
 use crate::ApiError;
 
-/// `POST /v1/image-to-video` body. Unknown fields are refused.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/image-to-video` JSON body. Unknown fields are refused. Defaults and limits:
+/// width 704 and height 512 (multiples of 32, each ≤ the server's max side, product ≤ its max
+/// pixels), num_frames 161 (8k+1), steps 50, guidance_scale 3 ([0, 30]), guidance_rescale 0
+/// ([0, 1]), fps 25 ([1, 120]), a random seed.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct I2vRequest {
     /// The first frame: base64 or a `data:image/...;base64,` URL of a PNG, JPEG or WebP.
     pub image: String,
+    /// The image bytes when they came as a multipart file.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub image_bytes: Option<Vec<u8>>,
     pub prompt: String,
     #[serde(default)]
     pub negative_prompt: String,
+    #[schema(minimum = 32, multiple_of = 32)]
     pub width: Option<i64>,
+    #[schema(minimum = 32, multiple_of = 32)]
     pub height: Option<i64>,
+    /// 8k+1 frames.
+    #[schema(minimum = 1)]
     pub num_frames: Option<i64>,
+    #[schema(minimum = 1)]
     pub steps: Option<usize>,
+    #[schema(minimum = 0, maximum = 30)]
     pub guidance_scale: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub guidance_rescale: Option<f64>,
     pub seed: Option<u64>,
+    /// Frame rate of the video and of the model's conditioning.
+    #[schema(minimum = 1, maximum = 120)]
     pub fps: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub decode_timestep: Option<f64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub decode_noise_scale: Option<f64>,
+    /// The video container: only `mp4` (H.264) today.
+    pub output_format: Option<String>,
 }
+
+/// `POST /v1/image-to-video` as `multipart/form-data`: the image as a file part, every other
+/// field as a text part with the same name and meaning as in the JSON body.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the form; the handler reads the parts one by one
+pub struct I2vForm {
+    /// PNG, JPEG or WebP file.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    prompt: String,
+    negative_prompt: Option<String>,
+    width: Option<i64>,
+    height: Option<i64>,
+    num_frames: Option<i64>,
+    steps: Option<usize>,
+    guidance_scale: Option<f64>,
+    guidance_rescale: Option<f64>,
+    seed: Option<u64>,
+    fps: Option<f64>,
+    decode_timestep: Option<f64>,
+    decode_noise_scale: Option<f64>,
+    output_format: Option<String>,
+}
+
+/// Text fields of the form whose values are strings (all others are numbers).
+pub const TEXT_FIELDS: [&str; 3] = ["prompt", "negative_prompt", "output_format"];
 
 fn invalid(field: &'static str, message: String) -> ApiError {
     ApiError::Invalid { field, message }
@@ -53,7 +100,7 @@ fn finite(
     }
 }
 
-fn decode_image(data: &str, limits: &Limits) -> Result<RgbImage, ApiError> {
+fn decode_base64(data: &str) -> Result<Vec<u8>, ApiError> {
     let b64 = match data.strip_prefix("data:") {
         Some(rest) => rest.split_once(";base64,").map(|(_, b)| b).ok_or_else(|| {
             invalid(
@@ -63,9 +110,15 @@ fn decode_image(data: &str, limits: &Limits) -> Result<RgbImage, ApiError> {
         })?,
         None => data,
     };
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
-        .map_err(|e| invalid("image", format!("not valid base64: {e}")))?;
+        .map_err(|e| invalid("image", format!("not valid base64: {e}")))
+}
+
+fn decode_image(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ApiError> {
+    if bytes.is_empty() {
+        return Err(invalid("image", "is empty".into()));
+    }
     let unreadable = |e: image::ImageError| {
         invalid(
             "image",
@@ -73,7 +126,7 @@ fn decode_image(data: &str, limits: &Limits) -> Result<RgbImage, ApiError> {
         )
     };
     // One parse: the header gives the size, checked before any pixel is decoded.
-    let mut decoder = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    let mut decoder = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| invalid("image", format!("unreadable: {e}")))?
         .into_decoder()
@@ -188,7 +241,20 @@ impl I2vRequest {
             decode_noise_scale,
             max_sequence_length: 128,
         };
-        let image = decode_image(&self.image, limits)?;
+        match self.output_format.as_deref() {
+            None | Some("mp4") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "output_format",
+                    format!("must be \"mp4\", got {other:?}"),
+                ))
+            }
+        }
+        let bytes = match self.image_bytes {
+            Some(b) => b,
+            None => decode_base64(&self.image)?,
+        };
+        let image = decode_image(&bytes, limits)?;
         Ok(Work { image, params, fps })
     }
 }

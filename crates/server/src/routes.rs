@@ -1,20 +1,24 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Method, Uri};
-use axum::routing::{get, post};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, Method, Uri};
+use axum::response::IntoResponse;
 use axum::{Json, Router};
 use ltx_gpu::device::ResolvedDevice;
 use ltx_gpu::report::{self, CudaReport};
 use ltx_gpu::DeviceSpec;
 use serde::Serialize;
-
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Limits;
-use crate::jobs::{Job, JobStore};
-use crate::worker::{self, WorkerConfig};
-use crate::{jobs_api, ApiError, ServeConfig, ServerError};
+use crate::family::{Family, FamilyReport, FamilyState, OffloadReport, Unloaded, FAMILIES};
+use crate::jobs::JobStore;
+use crate::metrics::{Gauges, Metrics};
+use crate::worker::{self, Command, WorkerConfig};
+use crate::{jobs_api, retention, ApiError, ServeConfig, ServerError};
 
 /// Shared state of the routes: settings, the job store and the worker's queue.
 #[derive(Clone)]
@@ -27,13 +31,17 @@ struct Inner {
     resolved: ResolvedDevice,
     model: String,
     jobs: JobStore,
-    queue: mpsc::Sender<Arc<Job>>,
+    queue: mpsc::Sender<Command>,
+    family: Family,
+    metrics: Arc<Metrics>,
     config: ServeConfig,
+    openapi: OnceLock<String>,
 }
 
 impl AppState {
     /// Checks the configured device against the machine: an explicit `cuda:N` that is not
     /// usable stops the server here, with the reason; `auto` falls back to the CPU and says why.
+    /// Takes back the results of an earlier run that are still within retention.
     pub fn new(config: &ServeConfig) -> Result<Self, ServerError> {
         let resolved = config.ltx_device.resolve()?;
         match &resolved {
@@ -46,23 +54,59 @@ impl AppState {
             path: config.output_dir.clone(),
             source,
         })?;
-        let worker = WorkerConfig {
-            model: config.ltx_model.clone(),
-            device: resolved.clone(),
-        };
-        let model = worker.model_description();
+        let jobs = JobStore::default();
+        retention::restore(
+            &jobs,
+            &config.output_dir,
+            config.retention(),
+            crate::jobs::unix_now(),
+        )
+        .map_err(|source| ServerError::OutputDir {
+            path: config.output_dir.clone(),
+            source,
+        })?;
+        let model = worker::model_description(config.ltx_model.as_deref());
         if config.ltx_model.is_none() {
             tracing::warn!("no LTX_MODEL configured: serving the demo model (random weights, videos are noise)");
         }
-        let queue = worker::spawn(worker, config.queue_size)?;
+        let on_cuda = matches!(resolved, ResolvedDevice::Cuda(_));
+        let offload = OffloadReport::new(config.ltx_offload(), on_cuda);
+        if let Some(note) = &offload.note {
+            tracing::info!("LTX-Video offload: {note}");
+        }
+        let family = Family::new(FamilyReport {
+            name: FAMILIES[0],
+            state: FamilyState::Unloaded,
+            device: device_name(&resolved),
+            model: model.clone(),
+            gpu_bytes: 0,
+            host_bytes: 0,
+            offload,
+            load_seconds: None,
+            loads: 0,
+        });
+        let metrics = Arc::new(Metrics::default());
+        let queue = worker::spawn(
+            WorkerConfig {
+                model: config.ltx_model.clone(),
+                device: resolved.clone(),
+                family: family.clone(),
+                metrics: metrics.clone(),
+                retention: config.retention(),
+            },
+            config.queue_size,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ltx_device: config.ltx_device,
                 resolved,
                 model,
-                jobs: JobStore::default(),
+                jobs,
                 queue,
+                family,
+                metrics,
                 config: config.clone(),
+                openapi: OnceLock::new(),
             }),
         })
     }
@@ -71,12 +115,21 @@ impl AppState {
         &self.inner.jobs
     }
 
-    pub(crate) fn queue(&self) -> &mpsc::Sender<Arc<Job>> {
+    pub(crate) fn queue(&self) -> &mpsc::Sender<Command> {
         &self.inner.queue
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub(crate) fn queue_capacity(&self) -> usize {
         self.inner.config.queue_size
+    }
+
+    /// Commands waiting in the queue.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.inner.queue.max_capacity() - self.inner.queue.capacity()
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -100,6 +153,15 @@ impl AppState {
         self.inner.jobs.cancel_all()
     }
 
+    /// Applies the result retention policy now.
+    pub fn sweep_results(&self) -> retention::Swept {
+        retention::sweep(
+            &self.inner.jobs,
+            self.inner.config.retention(),
+            crate::jobs::unix_now(),
+        )
+    }
+
     /// Waits until no job runs, at most `grace`; false if one still runs.
     pub async fn wait_idle(&self, grace: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + grace;
@@ -113,34 +175,86 @@ impl AppState {
     }
 }
 
+fn device_name(d: &ResolvedDevice) -> String {
+    match d {
+        ResolvedDevice::Cpu { .. } => "cpu".into(),
+        ResolvedDevice::Cuda(d) => format!("cuda:{}", d.index()),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ltx-i2v",
+        description = "LTX-Video image-to-video inference server. Jobs are queued, run one at a \
+                       time per device, and report progress; errors are JSON \
+                       `{error_type, message, field}`."
+    ),
+    components(schemas(ApiErrorBody))
+)]
+struct ApiDoc;
+
+/// The JSON body of every error.
+#[derive(Serialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// Machine-readable: not_found, gone, not_ready, unsupported_media_type,
+    /// payload_too_large, bad_request, validation, queue_full, unavailable, job_failed,
+    /// internal.
+    pub error_type: String,
+    pub message: String,
+    /// The request field at fault (validation errors).
+    pub field: Option<String>,
+}
+
+/// The routes and their OpenAPI document, from the same handler list.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(system))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(unload))
+        .routes(routes!(jobs_api::submit))
+        .routes(routes!(jobs_api::status, jobs_api::cancel))
+        .routes(routes!(jobs_api::result))
+        .routes(routes!(jobs_api::events))
+}
+
+/// The OpenAPI document of this server.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits().max_body_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/v1/system", get(system))
-        .route("/v1/image-to-video", post(jobs_api::submit))
-        .route(
-            "/v1/jobs/{id}",
-            get(jobs_api::status).delete(jobs_api::cancel),
-        )
-        .route("/v1/jobs/{id}/result", get(jobs_api::result))
-        .route("/v1/jobs/{id}/events", get(jobs_api::events))
-        .route("/ready", get(ready))
+    let (routes, doc) = api().split_for_parts();
+    let json = doc
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let _ = state.inner.openapi.set(json);
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Health {
     status: &'static str,
 }
 
+/// Liveness: answers while the process serves HTTP.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "The server is up", body = Health)))]
 async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// `200` while the worker thread takes jobs, `503` once it has stopped.
+/// Readiness: `200` while the worker thread takes jobs, `503` once it has stopped.
+#[utoipa::path(get, path = "/ready", tag = "service", responses(
+    (status = 200, description = "The worker takes jobs", body = Health),
+    (status = 503, description = "The worker has stopped", body = ApiErrorBody)))]
 async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     if state.queue().is_closed() {
         Err(ApiError::Unavailable)
@@ -149,7 +263,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> 
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DeviceChoice {
     configured: String,
     /// "cpu" or "cuda:N".
@@ -158,44 +272,125 @@ struct DeviceChoice {
     fallback_reason: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct System {
     version: &'static str,
     /// The LTX-Video model the worker serves (loaded on the first job).
     ltx_model: String,
     queue_capacity: usize,
+    queue_depth: usize,
     torch_version: &'static str,
     cpu_threads: usize,
+    /// `PYTORCH_CUDA_ALLOC_CONF` as libtorch's CUDA allocator reads it from the environment.
+    pytorch_cuda_alloc_conf: Option<String>,
     ltx_device: DeviceChoice,
+    /// Each model family: state, device, weight bytes on GPU and host, offload mode.
+    models: Vec<FamilyReport>,
+    /// CUDA status and each device's memory (allocated, reserved, peaks, free, total).
+    #[schema(value_type = Object)]
     cuda: CudaReport,
 }
 
-async fn system(State(state): State<AppState>) -> Result<Json<System>, ApiError> {
-    let inner = state.inner.clone();
+async fn cuda_report() -> Result<CudaReport, ApiError> {
     // Device queries go through the CUDA driver and c10: keep them off the async executor.
-    let cuda = tokio::task::spawn_blocking(report::cuda_report)
+    tokio::task::spawn_blocking(report::cuda_report)
         .await
-        .map_err(|e| ApiError::Internal(format!("system report task: {e}")))?;
-    let (using, fallback_reason) = match &inner.resolved {
-        ResolvedDevice::Cpu { cuda_unavailable } => (
-            "cpu".to_string(),
-            cuda_unavailable.as_ref().map(ToString::to_string),
-        ),
-        ResolvedDevice::Cuda(d) => (format!("cuda:{}", d.index()), None),
+        .map_err(|e| ApiError::Internal(format!("system report task: {e}")))
+}
+
+/// Devices, memory, model families and settings.
+#[utoipa::path(get, path = "/v1/system", tag = "service",
+    responses((status = 200, description = "The machine and the models", body = System)))]
+async fn system(State(state): State<AppState>) -> Result<Json<System>, ApiError> {
+    let cuda = cuda_report().await?;
+    let inner = &state.inner;
+    let fallback_reason = match &inner.resolved {
+        ResolvedDevice::Cpu { cuda_unavailable } => {
+            cuda_unavailable.as_ref().map(ToString::to_string)
+        }
+        ResolvedDevice::Cuda(_) => None,
     };
     Ok(Json(System {
         version: env!("CARGO_PKG_VERSION"),
         ltx_model: state.model_description().to_string(),
         queue_capacity: state.queue_capacity(),
+        queue_depth: state.queue_depth(),
         torch_version: ltx_gpu::torch_version(),
         cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        pytorch_cuda_alloc_conf: std::env::var("PYTORCH_CUDA_ALLOC_CONF").ok(),
         ltx_device: DeviceChoice {
             configured: inner.ltx_device.to_string(),
-            using,
+            using: device_name(&inner.resolved),
             fallback_reason,
         },
+        models: vec![inner.family.get()],
         cuda,
     }))
+}
+
+/// Prometheus metrics (text exposition format 0.0.4): queue depth, jobs by outcome, stage
+/// durations, model state and weight bytes, GPU memory.
+#[utoipa::path(get, path = "/metrics", tag = "service", responses(
+    (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String)))]
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let cuda = cuda_report().await?;
+    let families = [state.inner.family.get()];
+    let text = state.metrics().render(&Gauges {
+        queue_depth: state.queue_depth(),
+        queue_capacity: state.queue_capacity(),
+        unfinished_jobs: state.jobs().unfinished(),
+        families: &families,
+        cuda: &cuda,
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service", responses(
+    (status = 200, description = "The OpenAPI 3.1 document of this server", content_type = "application/json", body = Object)))]
+async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.inner.openapi.get().cloned().unwrap_or_default(),
+    )
+}
+
+/// Drops a model family's weights and releases its memory (after the jobs queued before this
+/// request); the next job loads it again.
+#[utoipa::path(post, path = "/v1/models/{family}/unload", tag = "models",
+    params(("family" = String, Path, description = "Model family: `ltx`")),
+    responses(
+        (status = 200, description = "Unloaded", body = Unloaded),
+        (status = 404, description = "No such family", body = ApiErrorBody),
+        (status = 429, description = "The queue is full", body = ApiErrorBody),
+        (status = 503, description = "The worker has stopped", body = ApiErrorBody)))]
+async fn unload(
+    State(state): State<AppState>,
+    Path(family): Path<String>,
+) -> Result<Json<Unloaded>, ApiError> {
+    if !FAMILIES.contains(&family.as_str()) {
+        return Err(ApiError::NoSuchFamily {
+            family,
+            known: FAMILIES.join(", "),
+        });
+    }
+    let (tx, rx) = oneshot::channel();
+    state
+        .queue()
+        .try_send(Command::Unload(tx))
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ApiError::QueueFull {
+                capacity: state.queue_capacity(),
+            },
+            mpsc::error::TrySendError::Closed(_) => ApiError::Unavailable,
+        })?;
+    rx.await.map(Json).map_err(|_| ApiError::Unavailable)
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

@@ -1,10 +1,12 @@
-//! The worker: one OS thread that owns every tensor and the model, fed by a bounded channel.
-//! The model loads on the first job (lazy loading), and each job either finishes with a video
-//! on disk, fails with its error, or stops at a step boundary when cancelled; the thread keeps
-//! serving after a failed job.
+//! The worker: one OS thread that owns every tensor and the model, fed by a bounded channel of
+//! commands (run a job, unload the model). The model loads on the first job (lazy loading),
+//! and each job either finishes with a video on disk, fails with its error, or stops at a
+//! step boundary when cancelled; the thread keeps serving after a failed job. After every
+//! job the CUDA allocator's cache is released and the amount logged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ltx_gpu::device::ResolvedDevice;
 use ltx_models::ModelError;
@@ -12,28 +14,39 @@ use ltx_pipelines::demo::demo_pipeline;
 use ltx_pipelines::video::write_mp4;
 use ltx_pipelines::{LoadOptions, LtxI2vPipeline, Progress};
 use tch::Kind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::jobs::{Job, JobState};
+use crate::family::{Family, FamilyState, Unloaded};
+use crate::jobs::{unix_now, Job, JobState, Stage};
+use crate::metrics::Metrics;
+use crate::retention::{self, Retention};
 use crate::ServerError;
 
 pub struct WorkerConfig {
     pub model: Option<PathBuf>,
     pub device: ResolvedDevice,
+    pub family: Family,
+    pub metrics: Arc<Metrics>,
+    pub retention: Retention,
 }
 
-impl WorkerConfig {
-    /// What `/v1/system` and every job report as the model.
-    pub fn model_description(&self) -> String {
-        match &self.model {
-            Some(p) => p.display().to_string(),
-            None => "demo (built-in tiny model with random weights: its videos are noise)".into(),
-        }
+/// What the worker is asked to do, in queue order.
+pub enum Command {
+    Run(Arc<Job>),
+    /// Drop the model and release its memory; the reply says what was freed.
+    Unload(oneshot::Sender<Unloaded>),
+}
+
+/// What `/v1/system` and every job report as the model.
+pub fn model_description(model: Option<&std::path::Path>) -> String {
+    match model {
+        Some(p) => p.display().to_string(),
+        None => "demo (built-in tiny model with random weights: its videos are noise)".into(),
     }
 }
 
 /// Starts the worker thread; it ends when every sender is dropped.
-pub fn spawn(cfg: WorkerConfig, queue_size: usize) -> Result<mpsc::Sender<Arc<Job>>, ServerError> {
+pub fn spawn(cfg: WorkerConfig, queue_size: usize) -> Result<mpsc::Sender<Command>, ServerError> {
     let (tx, rx) = mpsc::channel(queue_size);
     std::thread::Builder::new()
         .name("ltx-worker".into())
@@ -42,50 +55,115 @@ pub fn spawn(cfg: WorkerConfig, queue_size: usize) -> Result<mpsc::Sender<Arc<Jo
     Ok(tx)
 }
 
-fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Arc<Job>>) {
+fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
     let mut pipeline: Option<LtxI2vPipeline> = None;
-    while let Some(job) = rx.blocking_recv() {
-        let span = tracing::info_span!("job", id = %job.id);
-        let _enter = span.enter();
-        // A panic inside libtorch bindings fails this job, not the worker.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_job(&cfg, &mut pipeline, &job)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            Err(Failure::Failed(format!("internal error: {what}")))
-        });
-        if let Err(f) = outcome {
-            let error = match &f {
-                Failure::Cancelled => None,
-                Failure::Failed(e) => Some(e.clone()),
-            };
-            job.update(|s| {
-                s.state = if error.is_some() {
-                    JobState::Failed
-                } else {
-                    JobState::Cancelled
-                };
-                s.error = error.clone();
-                s.stage = None;
-                s.run_seconds = s.queued_seconds.map(|q| job.seconds_since_created() - q);
-            });
-            match error {
-                Some(e) => tracing::warn!("failed: {e}"),
-                None => tracing::info!("cancelled"),
+    while let Some(command) = rx.blocking_recv() {
+        match command {
+            Command::Run(job) => {
+                let span = tracing::info_span!("job", id = %job.id);
+                let _enter = span.enter();
+                run_one(&cfg, &mut pipeline, &job);
+                release_cache(&cfg.device, "after the job");
             }
-        }
-        if let ResolvedDevice::Cuda(d) = &cfg.device {
-            if let Err(e) = d.empty_cache() {
-                tracing::warn!("emptying the CUDA cache after the job: {e}");
+            Command::Unload(reply) => {
+                let was_loaded = pipeline.take().is_some();
+                let report = cfg.family.get();
+                let freed_weight_bytes = report.gpu_bytes + report.host_bytes;
+                cfg.family.update(|f| {
+                    f.state = FamilyState::Unloaded;
+                    f.gpu_bytes = 0;
+                    f.host_bytes = 0;
+                });
+                let released_cache_bytes = release_cache(&cfg.device, "after unloading");
+                tracing::info!(was_loaded, freed_weight_bytes, "unloaded LTX-Video");
+                let _ = reply.send(Unloaded {
+                    family: report.name,
+                    was_loaded,
+                    freed_weight_bytes,
+                    released_cache_bytes,
+                    state: FamilyState::Unloaded,
+                });
             }
         }
     }
     tracing::info!("worker stopped");
+}
+
+/// Empties torch's CUDA cache; returns (and logs) the bytes given back to the driver.
+fn release_cache(device: &ResolvedDevice, when: &str) -> u64 {
+    let ResolvedDevice::Cuda(d) = device else {
+        return 0;
+    };
+    let reserved = |d: &ltx_gpu::cuda::CudaDevice| d.memory_stats().map(|m| m.reserved_bytes);
+    let before = reserved(d);
+    if let Err(e) = d.empty_cache() {
+        tracing::warn!("emptying the CUDA cache {when}: {e}");
+        return 0;
+    }
+    match (before, reserved(d)) {
+        (Ok(b), Ok(a)) => {
+            let freed = b.saturating_sub(a);
+            tracing::info!(
+                freed_bytes = freed,
+                reserved_bytes = a,
+                "CUDA cache emptied {when}"
+            );
+            freed
+        }
+        _ => 0,
+    }
+}
+
+/// Runs one job to its final state, whatever happens inside.
+fn run_one(cfg: &WorkerConfig, pipeline: &mut Option<LtxI2vPipeline>, job: &Job) {
+    let mut timer = StageTimer::new(&cfg.metrics);
+    // A panic inside libtorch bindings fails this job, not the worker.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_job(cfg, pipeline, job, &mut timer)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(Failure::Failed(format!("internal error: {what}")))
+    });
+    timer.finish(job);
+    if cfg.family.get().state == FamilyState::Loading {
+        // The load itself failed (or panicked): nothing stays loaded.
+        *pipeline = None;
+        cfg.family.update(|f| f.state = FamilyState::Unloaded);
+    }
+    let state = match outcome {
+        Ok(Some(())) => JobState::Done,
+        Ok(None) => return, // cancelled while queued: already final
+        Err(Failure::Cancelled) => JobState::Cancelled,
+        Err(Failure::Failed(_)) => JobState::Failed,
+    };
+    if let Err(Failure::Failed(e)) = &outcome {
+        tracing::warn!("failed: {e}");
+        let _ = std::fs::remove_file(retention::partial_path(&job.output));
+        job.update(|s| s.error = Some(e.clone()));
+    } else if state == JobState::Cancelled {
+        tracing::info!("cancelled");
+        let _ = std::fs::remove_file(retention::partial_path(&job.output));
+    }
+    job.update(|s| {
+        s.state = state;
+        s.stage = None;
+        s.run_seconds = s.queued_seconds.map(|q| job.seconds_since_created() - q);
+        if state == JobState::Done {
+            s.expires_at = Some(unix_now() + cfg.retention.max_age_s);
+        }
+    });
+    if state == JobState::Done {
+        if let Err(e) = retention::persist(job) {
+            tracing::warn!("cannot write the job record beside the video: {e}");
+        }
+        tracing::info!(path = %job.output.display(), "done");
+    }
+    cfg.metrics.job_finished(state);
 }
 
 /// Why a job did not finish.
@@ -103,13 +181,79 @@ impl From<ModelError> for Failure {
     }
 }
 
+/// Times the stages of one job: into the job's `timings` and the stage histogram.
+struct StageTimer<'a> {
+    metrics: &'a Metrics,
+    current: Option<(Stage, Instant)>,
+}
+
+impl<'a> StageTimer<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        Self {
+            metrics,
+            current: None,
+        }
+    }
+
+    /// Ends the current stage (if another) and starts `stage`.
+    fn enter(&mut self, job: &Job, stage: Stage) {
+        if self.current.is_some_and(|(s, _)| s == stage) {
+            return;
+        }
+        self.finish(job);
+        self.current = Some((stage, Instant::now()));
+        job.update(|s| s.stage = Some(stage));
+    }
+
+    fn finish(&mut self, job: &Job) {
+        if let Some((stage, t0)) = self.current.take() {
+            let secs = t0.elapsed().as_secs_f64();
+            self.metrics.stage_seconds(stage, secs);
+            job.update(|s| *s.timings.entry(stage).or_default() += secs);
+        }
+    }
+}
+
+fn load(cfg: &WorkerConfig, max_sequence_length: usize) -> Result<LtxI2vPipeline, ModelError> {
+    let device = cfg.device.tch_device();
+    let dtype = if device == tch::Device::Cpu {
+        Kind::Float
+    } else {
+        Kind::BFloat16
+    };
+    let opts = LoadOptions { device, dtype };
+    tracing::info!(model = %model_description(cfg.model.as_deref()), ?device, "loading LTX-Video");
+    let t0 = Instant::now();
+    cfg.family.update(|f| f.state = FamilyState::Loading);
+    let loaded = match &cfg.model {
+        Some(dir) => LtxI2vPipeline::load(dir, opts, max_sequence_length)?,
+        None => demo_pipeline(opts, max_sequence_length)?,
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let bytes = loaded.weight_bytes();
+    cfg.family.update(|f| {
+        f.state = FamilyState::Resident;
+        (f.gpu_bytes, f.host_bytes) = if device.is_cuda() {
+            (bytes, 0)
+        } else {
+            (0, bytes)
+        };
+        f.load_seconds = Some(secs);
+        f.loads += 1;
+    });
+    tracing::info!(weight_bytes = bytes, seconds = secs, "LTX-Video loaded");
+    Ok(loaded)
+}
+
+/// `Ok(None)`: the job had been cancelled while queued.
 fn run_job(
     cfg: &WorkerConfig,
     pipeline: &mut Option<LtxI2vPipeline>,
     job: &Job,
-) -> Result<(), Failure> {
+    timer: &mut StageTimer<'_>,
+) -> Result<Option<()>, Failure> {
     let Some(work) = job.take_work() else {
-        return Ok(()); // cancelled while queued: already marked
+        return Ok(None);
     };
     let queued = job.seconds_since_created();
     job.update(|s| {
@@ -122,48 +266,33 @@ fn run_job(
     let pipe = match pipeline {
         Some(p) => p,
         None => {
-            job.update(|s| s.stage = Some("loading"));
-            let device = cfg.device.tch_device();
-            let dtype = if device == tch::Device::Cpu {
-                Kind::Float
-            } else {
-                Kind::BFloat16
-            };
-            let opts = LoadOptions { device, dtype };
-            tracing::info!(model = %cfg.model_description(), ?device, "loading LTX-Video");
-            let loaded = match &cfg.model {
-                Some(dir) => LtxI2vPipeline::load(dir, opts, work.params.max_sequence_length)?,
-                None => demo_pipeline(opts, work.params.max_sequence_length)?,
-            };
-            pipeline.insert(loaded)
+            timer.enter(job, Stage::Loading);
+            pipeline.insert(load(cfg, work.params.max_sequence_length)?)
         }
     };
-    let mut progress = |p: Progress| {
-        job.update(|s| match p {
-            Progress::EncodingText => s.stage = Some("encoding_text"),
-            Progress::EncodingImage => s.stage = Some("encoding_image"),
-            Progress::Denoising { step, total } => {
-                s.stage = Some("denoising");
+    let mut progress = |p: Progress| match p {
+        Progress::EncodingText => timer.enter(job, Stage::EncodingText),
+        Progress::EncodingImage => timer.enter(job, Stage::EncodingImage),
+        Progress::Denoising { step, total } => {
+            timer.enter(job, Stage::Denoising);
+            job.update(|s| {
                 s.step = step;
                 s.total_steps = total;
-            }
-            Progress::Decoding => s.stage = Some("decoding"),
-        })
+            });
+        }
+        Progress::Decoding => timer.enter(job, Stage::Decoding),
     };
     let frames = pipe.generate_cancellable(&work.image, &work.params, &mut progress, &|| {
         job.cancel_requested()
     })?;
-    job.update(|s| s.stage = Some("writing_video"));
+    timer.enter(job, Stage::WritingVideo);
     let frames = frames
         .f_to_device(tch::Device::Cpu)
         .map_err(ModelError::from)?;
-    write_mp4(&frames, work.fps, &job.output)
+    let partial = retention::partial_path(&job.output);
+    write_mp4(&frames, work.fps, &partial)
         .map_err(|e| Failure::Failed(format!("writing the video: {e}")))?;
-    job.update(|s| {
-        s.state = JobState::Done;
-        s.stage = None;
-        s.run_seconds = Some(job.seconds_since_created() - queued);
-    });
-    tracing::info!(path = %job.output.display(), "done");
-    Ok(())
+    std::fs::rename(&partial, &job.output)
+        .map_err(|e| Failure::Failed(format!("writing the video: {e}")))?;
+    Ok(Some(()))
 }

@@ -1,0 +1,175 @@
+//! Model families and where their weights are: what `/v1/system` and `/metrics` report, kept
+//! up to date by the worker that owns the model.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The model families this server knows. Only `ltx` (LTX-Video image-to-video) exists today.
+pub const FAMILIES: [&str; 1] = ["ltx"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyState {
+    /// Nothing loaded: the next job loads it.
+    Unloaded,
+    Loading,
+    /// Every weight on the family's device.
+    Resident,
+    /// Weights kept on the host and moved to the GPU when used.
+    Offloaded,
+}
+
+impl FamilyState {
+    pub const ALL: [FamilyState; 4] = [
+        FamilyState::Unloaded,
+        FamilyState::Loading,
+        FamilyState::Resident,
+        FamilyState::Offloaded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unloaded => "unloaded",
+            Self::Loading => "loading",
+            Self::Resident => "resident",
+            Self::Offloaded => "offloaded",
+        }
+    }
+}
+
+/// The memory modes of the original service's switches: `LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD`
+/// → `sequential` (wins over the other), else `LTX_ENABLE_CPU_OFFLOAD` → `model`, else `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadMode {
+    /// Whole components move to the GPU while they run.
+    Model,
+    /// Layer by layer, streamed from pinned host memory.
+    Sequential,
+    /// Everything stays on the device.
+    None,
+}
+
+impl OffloadMode {
+    pub fn from_switches(cpu_offload: bool, sequential: bool) -> Self {
+        if sequential {
+            Self::Sequential
+        } else if cpu_offload {
+            Self::Model
+        } else {
+            Self::None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Sequential => "sequential",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The offload mode asked for, the one in effect, and why they differ.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OffloadReport {
+    pub requested: OffloadMode,
+    pub effective: OffloadMode,
+    pub note: Option<String>,
+}
+
+impl OffloadReport {
+    pub fn new(requested: OffloadMode, on_cuda: bool) -> Self {
+        let note = match (requested, on_cuda) {
+            (OffloadMode::None, _) => None,
+            (_, false) => Some(format!(
+                "{} offload moves weights between the GPU and the host: on the CPU device it \
+                 is a no-op",
+                requested.as_str()
+            )),
+            (_, true) => Some(format!(
+                "{} offload is not implemented in this version: weights stay resident on the GPU",
+                requested.as_str()
+            )),
+        };
+        Self {
+            requested,
+            effective: OffloadMode::None,
+            note,
+        }
+    }
+}
+
+/// One family as `/v1/system` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FamilyReport {
+    pub name: &'static str,
+    pub state: FamilyState,
+    /// "cpu" or "cuda:N".
+    pub device: String,
+    pub model: String,
+    /// Bytes of weights on the GPU.
+    pub gpu_bytes: u64,
+    /// Bytes of weights in host memory.
+    pub host_bytes: u64,
+    pub offload: OffloadReport,
+    /// Seconds the last load took.
+    pub load_seconds: Option<f64>,
+    /// How many times the family was loaded since start.
+    pub loads: u64,
+}
+
+/// Shared between the worker (writes) and the routes (read).
+#[derive(Clone)]
+pub struct Family(Arc<Mutex<FamilyReport>>);
+
+impl Family {
+    pub fn new(report: FamilyReport) -> Self {
+        Self(Arc::new(Mutex::new(report)))
+    }
+
+    pub fn get(&self) -> FamilyReport {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut FamilyReport)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// `POST /v1/models/{family}/unload` answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Unloaded {
+    pub family: &'static str,
+    /// Whether a model was loaded before.
+    pub was_loaded: bool,
+    /// Weight bytes released (GPU and host).
+    pub freed_weight_bytes: u64,
+    /// Bytes the CUDA allocator gave back to the driver (0 on the CPU).
+    pub released_cache_bytes: u64,
+    pub state: FamilyState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_map_to_modes_as_in_the_original_service() {
+        use OffloadMode::*;
+        assert_eq!(OffloadMode::from_switches(true, false), Model);
+        assert_eq!(OffloadMode::from_switches(true, true), Sequential);
+        assert_eq!(OffloadMode::from_switches(false, true), Sequential);
+        assert_eq!(OffloadMode::from_switches(false, false), None);
+    }
+
+    #[test]
+    fn offload_on_the_cpu_is_reported_as_a_no_op() {
+        let r = OffloadReport::new(OffloadMode::Model, false);
+        assert_eq!(r.effective, OffloadMode::None);
+        assert!(r.note.unwrap().contains("no-op"));
+        assert!(OffloadReport::new(OffloadMode::None, true).note.is_none());
+    }
+}
