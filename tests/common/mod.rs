@@ -14,19 +14,56 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub dir: PathBuf,
+    /// Leave the output folder in place when dropped (for a server started after this one).
+    pub keep_dir: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
+impl Server {
+    /// SIGTERM, then waits for the exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The output folder `start(tag, ..)` uses.
+pub fn output_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ltx-http-{tag}-{}", std::process::id()))
+}
+
 pub fn start(tag: &str, args: &[&str]) -> Server {
-    let dir = std::env::temp_dir().join(format!("ltx-http-{tag}-{}", std::process::id()));
+    let dir = output_dir(tag);
     let _ = std::fs::remove_dir_all(&dir);
+    start_in(dir, args, &[])
+}
+
+/// Starts a server on `dir` as it is (not emptied first), with extra environment variables.
+pub fn start_in(dir: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -41,6 +78,7 @@ pub fn start(tag: &str, args: &[&str]) -> Server {
         .env("LTX_LOG", "info")
         .env("LTX_DEVICE", "cpu")
         .env_remove("LTX_MODEL")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,7 +90,12 @@ pub fn start(tag: &str, args: &[&str]) -> Server {
         .find_map(|l| l.split("local=").nth(1).map(|a| a.trim().to_string()))
         .expect("server printed no listening address");
     std::thread::spawn(move || lines.for_each(drop));
-    Server { child, addr, dir }
+    Server {
+        child,
+        addr,
+        dir,
+        keep_dir: false,
+    }
 }
 
 pub struct Resp {
@@ -62,6 +105,16 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// A response header's value (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
@@ -69,6 +122,18 @@ impl Resp {
 }
 
 pub fn request(addr: &str, method: &str, path: &str, ctype: Option<&str>, body: &[u8]) -> Resp {
+    request_with(addr, method, path, &[], ctype, body)
+}
+
+/// Like [`request`], with extra request headers.
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    ctype: Option<&str>,
+    body: &[u8],
+) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut head = format!(
@@ -77,6 +142,9 @@ pub fn request(addr: &str, method: &str, path: &str, ctype: Option<&str>, body: 
     );
     if let Some(c) = ctype {
         head.push_str(&format!("Content-Type: {c}\r\n"));
+    }
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();

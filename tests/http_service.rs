@@ -1,0 +1,394 @@
+//! The service around the jobs, over real HTTP with the demo model: multipart uploads, byte
+//! ranges, `/metrics`, model families in `/v1/system`, unloading, the offload switches, result
+//! retention and results surviving a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{ffprobe, request, request_with, start, start_in, Resp};
+
+fn png() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+    });
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .unwrap();
+    bytes
+}
+
+const BOUNDARY: &str = "ltx-test-boundary-7d3f";
+
+/// A multipart/form-data body: `(name, filename, bytes)` parts.
+fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (name, file, data) in parts {
+        b.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match file {
+            Some(f) => b.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
+                     Content-Type: image/png\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => b.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        b.extend_from_slice(data);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    b
+}
+
+fn multipart_ctype() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+fn small_form(extra: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let image = png();
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![
+        ("image", Some("first.png"), &image),
+        ("prompt", None, b"a red ball"),
+        ("width", None, b"96"),
+        ("height", None, b"64"),
+        ("num_frames", None, b"9"),
+        ("steps", None, b"2"),
+        ("seed", None, b"3"),
+    ];
+    parts.extend_from_slice(extra);
+    form(&parts)
+}
+
+fn submit_form(addr: &str, body: &[u8]) -> Resp {
+    request(
+        addr,
+        "POST",
+        "/v1/image-to-video",
+        Some(&multipart_ctype()),
+        body,
+    )
+}
+
+fn wait_done(addr: &str, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = request(addr, "GET", &format!("/v1/jobs/{id}"), None, b"").json();
+        match s["state"].as_str().unwrap() {
+            "done" => return s,
+            "failed" | "cancelled" => panic!("job ended {s}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "job stuck: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Submits a small multipart job and waits for it; returns its id.
+fn run_job(addr: &str) -> String {
+    let r = submit_form(addr, &small_form(&[]));
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    wait_done(addr, &id);
+    id
+}
+
+fn system(addr: &str) -> serde_json::Value {
+    let r = request(addr, "GET", "/v1/system", None, b"");
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn multipart_upload_runs_and_ranges_serve_the_video() {
+    let server = start("multipart", &[]);
+    let a = &server.addr;
+    let id = run_job(a);
+    let path = format!("/v1/jobs/{id}/result");
+
+    let full = request(a, "GET", &path, None, b"");
+    assert_eq!(full.status, 200);
+    assert_eq!(full.header("content-type").as_deref(), Some("video/mp4"));
+    assert_eq!(full.header("accept-ranges").as_deref(), Some("bytes"));
+    let file = server.dir.join("dl.mp4");
+    std::fs::write(&file, &full.body).unwrap();
+    let probe = ffprobe(&file);
+    assert_eq!(probe["codec_name"], "h264", "{probe}");
+    assert_eq!(probe["width"], 96);
+    assert_eq!(probe["nb_read_frames"], "9");
+    let n = full.body.len();
+
+    let part = request_with(a, "GET", &path, &[("Range", "bytes=10-109")], None, b"");
+    assert_eq!(part.status, 206, "{}", part.headers);
+    assert_eq!(part.body, full.body[10..110]);
+    assert_eq!(
+        part.header("content-range").as_deref(),
+        Some(format!("bytes 10-109/{n}").as_str())
+    );
+    let tail = request_with(a, "GET", &path, &[("Range", "bytes=-50")], None, b"");
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.body, full.body[n - 50..]);
+    let outside = request_with(
+        a,
+        "GET",
+        &path,
+        &[("Range", &format!("bytes={}-", n + 10))],
+        None,
+        b"",
+    );
+    assert_eq!(outside.status, 416, "{}", outside.headers);
+
+    let head = request(a, "HEAD", &path, None, b"");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length").as_deref(),
+        Some(n.to_string().as_str())
+    );
+}
+
+#[test]
+fn multipart_errors_are_4xx_naming_the_problem() {
+    let server = start("multipart-bad", &[]);
+    let a = &server.addr;
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        // No image part.
+        (
+            form(&[("prompt", None, b"x"), ("width", None, b"96")]),
+            422,
+            "image",
+        ),
+        // A number field that is not a number.
+        (
+            small_form(&[("guidance_scale", None, b"lots")]),
+            422,
+            "body",
+        ),
+        (small_form(&[("width", None, b"NaN")]), 422, "body"),
+        // An unknown field.
+        (small_form(&[("strength", None, b"0.5")]), 422, "body"),
+        // A rule broken: the same rules as JSON.
+        (
+            small_form(&[("output_format", None, b"avi")]),
+            422,
+            "output_format",
+        ),
+        // Random bytes as the image.
+        (
+            form(&[
+                ("image", Some("x.png"), b"\x89PNG\r\n\x1a\nnot really"),
+                ("prompt", None, b"x"),
+            ]),
+            422,
+            "image",
+        ),
+    ];
+    for (body, status, field) in cases {
+        let r = submit_form(a, &body);
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.json()["field"],
+            field,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Duplicate width: the width part repeats.
+    let r = submit_form(a, &small_form(&[("width", None, b"64")]));
+    assert_eq!(r.status, 422);
+    assert!(r.json()["message"].as_str().unwrap().contains("twice"));
+    // Truncated: cut in the middle of the image part.
+    let body = small_form(&[]);
+    let r = submit_form(a, &body[..body.len() / 3]);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error_type"], "bad_request");
+    // No boundary.
+    let r = request(
+        a,
+        "POST",
+        "/v1/image-to-video",
+        Some("multipart/form-data"),
+        &body,
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(request(a, "GET", "/health", None, b"").status, 200);
+}
+
+#[test]
+fn metrics_system_and_unload_follow_the_model() {
+    let server = start("metrics", &[]);
+    let a = &server.addr;
+    let before = system(a);
+    let ltx = &before["models"][0];
+    assert_eq!(ltx["name"], "ltx");
+    assert_eq!(ltx["state"], "unloaded", "nothing loads at start-up: {ltx}");
+    assert_eq!(ltx["device"], "cpu");
+    assert_eq!(
+        ltx["offload"]["requested"], "model",
+        "LTX_ENABLE_CPU_OFFLOAD defaults to true"
+    );
+    assert_eq!(ltx["offload"]["effective"], "none");
+    assert!(ltx["offload"]["note"].as_str().unwrap().contains("no-op"));
+
+    run_job(a);
+    let after = system(a);
+    let ltx = &after["models"][0];
+    assert_eq!(ltx["state"], "resident");
+    assert_eq!(ltx["loads"], 1);
+    assert_eq!(ltx["gpu_bytes"], 0);
+    let host = ltx["host_bytes"].as_u64().unwrap();
+    assert!(host > 100_000, "the demo model's fp32 weights: {ltx}");
+
+    let m = request(a, "GET", "/metrics", None, b"");
+    assert_eq!(m.status, 200);
+    assert!(m
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(m.body).unwrap();
+    assert_eq!(metric(&text, "ltx_jobs_total{outcome=\"done\"}"), 1.0);
+    assert_eq!(metric(&text, "ltx_jobs_accepted_total"), 1.0);
+    assert_eq!(metric(&text, "ltx_queue_depth"), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "ltx_stage_duration_seconds_count{stage=\"denoising\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "ltx_stage_duration_seconds_count{stage=\"loading\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "ltx_model_state{family=\"ltx\",state=\"resident\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "ltx_model_weight_bytes{family=\"ltx\",location=\"host\"}"
+        ),
+        host as f64
+    );
+
+    let u = request(a, "POST", "/v1/models/ltx/unload", None, b"");
+    assert_eq!(u.status, 200, "{}", String::from_utf8_lossy(&u.body));
+    let u = u.json();
+    assert_eq!(u["was_loaded"], true);
+    assert_eq!(u["freed_weight_bytes"].as_u64(), Some(host));
+    assert_eq!(system(a)["models"][0]["state"], "unloaded");
+    let again = request(a, "POST", "/v1/models/ltx/unload", None, b"").json();
+    assert_eq!(again["was_loaded"], false);
+
+    // The next job loads it again, and its timings show the load.
+    let id = run_job(a);
+    let job = request(a, "GET", &format!("/v1/jobs/{id}"), None, b"").json();
+    assert!(job["timings"]["loading"].as_f64().unwrap() > 0.0, "{job}");
+    assert!(job["timings"]["denoising"].as_f64().unwrap() > 0.0, "{job}");
+    assert_eq!(system(a)["models"][0]["loads"], 2);
+
+    let r = request(a, "POST", "/v1/models/instantid/unload", None, b"");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["message"].as_str().unwrap().contains("known: ltx"));
+}
+
+#[test]
+fn offload_switches_and_allocator_settings_are_reported() {
+    let dir = common::output_dir("switches");
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = start_in(
+        dir,
+        &[],
+        &[
+            ("LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD", "true"),
+            ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
+        ],
+    );
+    let s = system(&server.addr);
+    assert_eq!(s["models"][0]["offload"]["requested"], "sequential");
+    assert_eq!(s["models"][0]["offload"]["effective"], "none");
+    assert_eq!(s["pytorch_cuda_alloc_conf"], "expandable_segments:True");
+    let server = start("switches-off", &["--ltx-enable-cpu-offload", "false"]);
+    let s = system(&server.addr);
+    assert_eq!(s["models"][0]["offload"]["requested"], "none");
+    assert!(s["models"][0]["offload"]["note"].is_null());
+}
+
+#[test]
+fn results_survive_a_restart_and_expire_after_their_age() {
+    let tag = "retention";
+    let mut first = start(tag, &["--result-max-age-s", "8"]);
+    let id = run_job(&first.addr);
+    let path = format!("/v1/jobs/{id}/result");
+    let original = request(&first.addr, "GET", &path, None, b"");
+    assert_eq!(original.status, 200);
+    let job = request(&first.addr, "GET", &format!("/v1/jobs/{id}"), None, b"").json();
+    let expires = job["expires_at"].as_u64().unwrap();
+    assert!(expires >= job["created_at"].as_u64().unwrap() + 8, "{job}");
+    first.keep_dir = true;
+    assert!(first.terminate().success());
+    let dir = first.dir.clone();
+    drop(first);
+
+    // A new process on the same folder serves the same video while it is within retention.
+    let second = start_in(dir.clone(), &["--result-max-age-s", "8"], &[]);
+    let again = request(&second.addr, "GET", &path, None, b"");
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.body, original.body);
+    let video = dir.join(format!("{id}.mp4"));
+    assert!(video.is_file());
+
+    // Past its age it is deleted, and the id says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let gone = loop {
+        let r = request(&second.addr, "GET", &path, None, b"");
+        if r.status != 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the result outlived its retention"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(gone.status, 410, "{}", String::from_utf8_lossy(&gone.body));
+    assert_eq!(gone.json()["error_type"], "gone");
+    assert!(!video.exists());
+    let status = request(&second.addr, "GET", &format!("/v1/jobs/{id}"), None, b"").json();
+    assert_eq!(status["expired"], true);
+}
+
+#[test]
+fn retention_settings_that_cannot_work_are_refused_at_start() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--port", "0", "--result-max-age-s", "0"])
+        .env("LTX_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--result-max-age-s"), "{err}");
+}
