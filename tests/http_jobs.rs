@@ -1,5 +1,6 @@
 //! The image-to-video API over real HTTP on a loopback port, with the demo model: submit,
-//! follow, download and ffprobe; `?wait=true`; cancel; queue full → 429; validation errors.
+//! follow, download and ffprobe; `?wait=true`; cancel; queue full → 429; validation errors;
+//! a malformed-request sweep over JSON and multipart bodies.
 
 mod common;
 
@@ -356,9 +357,15 @@ fn malformed_request_sweep_never_gets_a_5xx() {
         "decode_noise_scale",
     ];
     let mut counts = std::collections::BTreeMap::<u16, usize>::new();
-    let total = 150;
+    let total = 210;
+    let boundary = "sweep-b0undary";
+    let form_ctype = format!("multipart/form-data; boundary={boundary}");
+    let mut png = Vec::new();
+    image::RgbImage::new(96, 64)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
     for i in 0..total {
-        let (body, ctype): (Vec<u8>, &str) = match i % 6 {
+        let (body, ctype): (Vec<u8>, &str) = match i % 7 {
             // random bytes as the body
             0 => {
                 let n = 1 + rng.below(4000) as usize;
@@ -399,6 +406,39 @@ fn malformed_request_sweep_never_gets_a_5xx() {
                     small_job(serde_json::json!({field: big})),
                     "application/json",
                 )
+            }
+            // a multipart form: cut short, random bytes as the image, or a random field value
+            6 => {
+                let image = if rng.below(2) == 0 {
+                    png.clone()
+                } else {
+                    let n = 1 + rng.below(2000) as usize;
+                    rng.bytes(n)
+                };
+                let f = fields[1 + rng.below(fields.len() as u64 - 1) as usize];
+                let n = 1 + rng.below(20) as usize;
+                let value = rng.bytes(n);
+                let mut b = Vec::new();
+                for (name, file, data) in [
+                    ("image", true, image.as_slice()),
+                    ("prompt", false, b"a cat".as_slice()),
+                    (f, false, value.as_slice()),
+                ] {
+                    b.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+                    let disp = if file {
+                        format!("form-data; name=\"{name}\"; filename=\"a.png\"")
+                    } else {
+                        format!("form-data; name=\"{name}\"")
+                    };
+                    b.extend_from_slice(format!("Content-Disposition: {disp}\r\n\r\n").as_bytes());
+                    b.extend_from_slice(data);
+                    b.extend_from_slice(b"\r\n");
+                }
+                b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+                if rng.below(2) == 0 {
+                    b.truncate(rng.below(b.len() as u64) as usize);
+                }
+                (b, form_ctype.as_str())
             }
             // the right body with a wrong content type
             _ => (
