@@ -269,8 +269,24 @@ pub async fn status(
     Ok(Json(find(&state, &id)?.status()))
 }
 
+/// The headers `GET` would answer (size, type, `Accept-Ranges`), without the video.
+#[utoipa::path(head, path = "/v1/jobs/{id}/result", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The video's headers"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job is not done"),
+        (status = 410, description = "Deleted by the retention policy")))]
+pub async fn result_head(
+    state: State<AppState>,
+    id: Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    result(state, id, req).await
+}
+
 /// The MP4 of a done job; HEAD and byte ranges (`Range: bytes=a-b`) are supported.
-#[utoipa::path(method(get, head), path = "/v1/jobs/{id}/result", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs",
     params(
         ("id" = String, Path, description = "Job id"),
         ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-1023`")),

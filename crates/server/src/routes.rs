@@ -217,7 +217,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(unload))
         .routes(routes!(jobs_api::submit))
         .routes(routes!(jobs_api::status, jobs_api::cancel))
-        .routes(routes!(jobs_api::result))
+        .routes(routes!(jobs_api::result, jobs_api::result_head))
         .routes(routes!(jobs_api::events))
 }
 
