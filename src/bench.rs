@@ -19,6 +19,8 @@ use tch::{Device, Kind};
 pub enum BenchCommand {
     /// Rust vs diffusers image-to-video on the CPU, stage by stage.
     Pipeline(PipelineBench),
+    /// Bounded load test of the HTTP API on this machine (in-process server or a loopback --url).
+    Http(crate::bench_http::HttpBench),
 }
 
 #[derive(Debug, Args)]
@@ -150,7 +152,10 @@ fn rust_side(dir: &Path, b: &PipelineBench) -> anyhow::Result<Value> {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Pipeline(b) = cmd;
+    let b = match cmd {
+        BenchCommand::Pipeline(b) => b,
+        BenchCommand::Http(h) => return crate::bench_http::run(h),
+    };
     let py = python_ready(&b);
     if !b.model_dir.join("model_index.json").is_file() {
         match &py {

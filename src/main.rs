@@ -2,6 +2,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod bench_http;
 mod doctor;
 mod generate;
 
