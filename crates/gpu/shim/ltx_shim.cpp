@@ -3,6 +3,7 @@
 #include "ltx_shim.h"
 
 #include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -84,6 +85,14 @@ int ltx_cuda_reset_peak_stats(int device, char *err, size_t err_len) {
 
 int ltx_cuda_empty_cache(char *err, size_t err_len) {
   return guarded(err, err_len, [] { c10::cuda::CUDACachingAllocator::emptyCache(); });
+}
+
+int ltx_tensor_copy_(void *dst, const void *src, int non_blocking, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(dst != nullptr && src != nullptr, "null tensor");
+    static_cast<at::Tensor *>(dst)->copy_(*static_cast<const at::Tensor *>(src),
+                                          non_blocking != 0);
+  });
 }
 
 int ltx_cuda_set_memory_fraction(double fraction, int device, char *err, size_t err_len) {

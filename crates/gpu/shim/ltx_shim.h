@@ -38,6 +38,9 @@ int ltx_cuda_init(char *err, size_t err_len);
 int ltx_cuda_memory_stats(int device, ltx_mem_stats *out, char *err, size_t err_len);
 int ltx_cuda_reset_peak_stats(int device, char *err, size_t err_len);
 int ltx_cuda_empty_cache(char *err, size_t err_len);
+/* dst.copy_(src, non_blocking) on the current stream. dst and src are at::Tensor* (tch's
+ * tensor handles). Host-pinned → device with non_blocking queues the copy without waiting. */
+int ltx_tensor_copy_(void *dst, const void *src, int non_blocking, char *err, size_t err_len);
 /* Caps this process's share of the device, as torch.cuda.set_per_process_memory_fraction. */
 int ltx_cuda_set_memory_fraction(double fraction, int device, char *err, size_t err_len);
 

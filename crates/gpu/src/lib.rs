@@ -25,3 +25,33 @@ pub fn torch_version() -> &'static str {
         .to_str()
         .unwrap_or("unknown")
 }
+
+/// `dst.copy_(src, non_blocking)` through ATen, on the current stream: tch's `copy_` always
+/// blocks, which would put a host synchronisation in every streamed copy. From pinned host
+/// memory to a CUDA tensor with `non_blocking`, the copy is queued and this returns at once.
+pub fn copy_into(dst: &tch::Tensor, src: &tch::Tensor, non_blocking: bool) -> Result<(), GpuError> {
+    let (d, s) = (
+        dst.as_ptr() as *mut std::ffi::c_void,
+        src.as_ptr() as *const std::ffi::c_void,
+    );
+    // SAFETY: both are live at::Tensor handles owned by the callers for the whole call; the
+    // shim catches every C++ exception.
+    ffi::call(|e, n| unsafe { ffi::ltx_tensor_copy_(d, s, i32::from(non_blocking), e, n) })
+        .map_err(GpuError::Cuda)
+}
+
+#[cfg(test)]
+mod copy_tests {
+    #[test]
+    fn copy_into_writes_the_destination_and_reports_errors() {
+        let src = tch::Tensor::from_slice(&[1f32, 2., 3., 4.]);
+        let dst = tch::Tensor::zeros([4], (tch::Kind::Float, tch::Device::Cpu));
+        super::copy_into(&dst.narrow(0, 1, 2), &src.narrow(0, 0, 2), true).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&dst).unwrap(), vec![0., 1., 2., 0.]);
+        let wrong = tch::Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
+        let e = super::copy_into(&wrong, &src, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("size"), "{e}");
+    }
+}

@@ -46,6 +46,9 @@ pub enum ModelError {
     UnsupportedConfig(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Placing weights (offload, streaming) failed.
+    #[error("memory system: {0}")]
+    Memory(String),
     #[error("cancelled")]
     Cancelled,
     #[error(transparent)]

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod config;
 mod error;
+pub mod hooks;
 pub mod ltx;
 pub mod nn;
 pub mod scheduler;

@@ -133,6 +133,7 @@ pub struct T5Encoder {
     relative_attention_bias: Tensor,
     blocks: Vec<Block>,
     final_norm: T5LayerNorm,
+    hooks: Option<std::sync::Arc<dyn crate::hooks::BlockHooks>>,
 }
 
 impl T5Encoder {
@@ -178,7 +179,17 @@ impl T5Encoder {
             relative_attention_bias,
             blocks,
             cfg,
+            hooks: None,
         })
+    }
+
+    /// Calls `hooks` around each of `encoder.block.{i}` (layer streaming).
+    pub fn set_block_hooks(&mut self, hooks: Option<std::sync::Arc<dyn crate::hooks::BlockHooks>>) {
+        self.hooks = hooks;
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
     }
 
     pub fn config(&self) -> &T5Config {
@@ -208,16 +219,16 @@ impl T5Encoder {
     /// no attention mask: padding tokens take part in self-attention.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         let len = input_ids.size()[1];
-        let mut x = Tensor::f_embedding(&self.embed, input_ids, -1, false, false)?;
+        let x = Tensor::f_embedding(&self.embed, input_ids, -1, false, false)?;
         let bias = self
             .relative_attention_bias
             .f_index_select(0, &self.buckets(len, x.device())?.f_flatten(0, -1)?)?
             .f_reshape([len, len, -1])?
             .f_permute([2, 0, 1])?
             .f_unsqueeze(0)?;
-        for block in &self.blocks {
-            x = block.forward(&x, &bias, self.cfg.num_heads)?;
-        }
+        let x = crate::hooks::run_blocks(&self.blocks, self.hooks.as_deref(), x, |block, x| {
+            block.forward(&x, &bias, self.cfg.num_heads)
+        })?;
         self.final_norm.forward(&x)
     }
 }

@@ -36,6 +36,7 @@ pub struct WeightStore {
     index: HashMap<String, Entry>,
     used: RefCell<HashSet<String>>,
     loaded_bytes: std::cell::Cell<u64>,
+    handed_out: RefCell<Vec<(String, Tensor)>>,
     description: String,
     kind: Kind,
     device: Device,
@@ -195,6 +196,7 @@ impl WeightStore {
             index,
             used: RefCell::default(),
             loaded_bytes: std::cell::Cell::new(0),
+            handed_out: RefCell::default(),
             description,
             kind,
             device,
@@ -210,6 +212,7 @@ impl WeightStore {
             index: HashMap::new(),
             used: RefCell::default(),
             loaded_bytes: std::cell::Cell::new(0),
+            handed_out: RefCell::default(),
             description: "random weights (demo model)".into(),
             kind,
             device,
@@ -261,7 +264,16 @@ impl WeightStore {
         let t = self.load_uncounted(name, expected, kind)?;
         self.loaded_bytes
             .set(self.loaded_bytes.get() + tensor_bytes(&t));
+        self.handed_out
+            .borrow_mut()
+            .push((name.to_string(), t.shallow_clone()));
         Ok(t)
+    }
+
+    /// Every tensor handed out so far, by full name, as handles sharing the modules' tensors:
+    /// `set_data` on one moves the module's weight (how the offloader places weights).
+    pub fn take_params(&self) -> Vec<(String, Tensor)> {
+        std::mem::take(&mut self.handed_out.borrow_mut())
     }
 
     /// Bytes of every tensor handed out so far (the weights the built modules hold).

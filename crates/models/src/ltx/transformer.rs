@@ -302,9 +302,19 @@ pub struct LtxTransformer {
     blocks: Vec<Block>,
     scale_shift_table: Tensor,
     proj_out: Linear,
+    hooks: Option<std::sync::Arc<dyn crate::hooks::BlockHooks>>,
 }
 
 impl LtxTransformer {
+    /// Calls `hooks` around each of `transformer_blocks.{i}` (layer streaming).
+    pub fn set_block_hooks(&mut self, hooks: Option<std::sync::Arc<dyn crate::hooks::BlockHooks>>) {
+        self.hooks = hooks;
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
     pub fn new(vb: &Vb<'_>, cfg: LtxTransformerConfig) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.inner_dim();
@@ -328,6 +338,7 @@ impl LtxTransformer {
             scale_shift_table: vb.get("scale_shift_table", &[2, d])?,
             proj_out: Linear::new(&vb.pp("proj_out"), d, cfg.out_channels, true)?,
             cfg,
+            hooks: None,
         })
     }
 
@@ -384,10 +395,9 @@ impl LtxTransformer {
         let text = self.caption_2.forward(&gelu_tanh(
             &self.caption_1.forward(input.encoder_hidden_states)?,
         )?)?;
-        let mut x = x;
-        for block in &self.blocks {
-            x = block.forward(&x, &text, &temb, &rope, mask.as_ref())?;
-        }
+        let x = crate::hooks::run_blocks(&self.blocks, self.hooks.as_deref(), x, |block, x| {
+            block.forward(&x, &text, &temb, &rope, mask.as_ref())
+        })?;
         let ss =
             self.scale_shift_table.f_unsqueeze(0)?.f_unsqueeze(0)? + embedded.f_unsqueeze(2)?;
         let (shift, scale) = (ss.f_select(2, 0)?, ss.f_select(2, 1)?);

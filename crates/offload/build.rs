@@ -1,0 +1,5 @@
+fn main() {
+    if let Err(e) = build_support::emit_libtorch_rpath() {
+        panic!("{e}");
+    }
+}

@@ -1,0 +1,315 @@
+//! A component's weights with their master copies in a [`HostArena`], grouped into units.
+
+use std::ops::Range;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::arena::{typed_view, HostArena, Layout, Span};
+use crate::{OffloadError, Result};
+
+/// Which unit a parameter name belongs to (`None`: the always-resident remainder).
+pub type UnitOf = fn(&str) -> Option<usize>;
+
+/// `transformer_blocks.{i}.…` (LTX-Video transformer).
+pub fn ltx_transformer_unit(name: &str) -> Option<usize> {
+    index_after(name, "transformer_blocks.")
+}
+
+/// `encoder.block.{i}.…` (T5), except the relative attention bias that every block uses.
+pub fn t5_unit(name: &str) -> Option<usize> {
+    if name.contains("relative_attention_bias") {
+        return None;
+    }
+    index_after(name, "encoder.block.")
+}
+
+fn index_after(name: &str, prefix: &str) -> Option<usize> {
+    let rest = name.strip_prefix(prefix)?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// Default chunk size of the host arena: large allocations, few of them.
+pub const CHUNK_BYTES: usize = 256 << 20;
+
+struct Param {
+    handle: Tensor,
+    kind: Kind,
+    shape: Vec<i64>,
+}
+
+/// Weights whose master copies live once in host memory; the modules' tensors are pointed at
+/// the host copy, at a device copy of the whole component, or unit by unit at streaming slots.
+pub struct OffloadedWeights {
+    params: Vec<Param>,
+    /// Group 0 is the remainder; group u + 1 is unit u. Indices into `params`.
+    groups: Vec<Range<usize>>,
+    layout: Layout,
+    arena: HostArena,
+    device: Device,
+    /// Model mode: the device copy of every chunk while onloaded.
+    device_chunks: Option<Vec<Tensor>>,
+}
+
+impl OffloadedWeights {
+    /// Moves `named` (the modules' parameter handles, e.g. from
+    /// `WeightStore::take_params`) into a host arena, pinned if `device` is CUDA, grouped by
+    /// `unit_of`; every module tensor then points at its host copy. Units must be numbered
+    /// 0..n without gaps.
+    pub fn new(
+        named: Vec<(String, Tensor)>,
+        unit_of: UnitOf,
+        device: Device,
+        chunk_bytes: usize,
+    ) -> Result<Self> {
+        let mut keyed: Vec<(Option<usize>, usize, String, Tensor)> = named
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, t))| (unit_of(&n), i, n, t))
+            .collect();
+        // Remainder first, then units in order; load order within a group.
+        keyed.sort_by_key(|(u, i, _, _)| (u.map_or(0, |u| u + 1), *i));
+        let n_units = keyed
+            .iter()
+            .filter_map(|(u, ..)| *u)
+            .max()
+            .map_or(0, |m| m + 1);
+        let mut groups = vec![0..0; n_units + 1];
+        for (pos, (u, ..)) in keyed.iter().enumerate() {
+            let g = u.map_or(0, |u| u + 1);
+            if groups[g].is_empty() {
+                groups[g] = pos..pos + 1;
+            } else {
+                groups[g].end = pos + 1;
+            }
+        }
+        if let Some(u) = groups.iter().skip(1).position(|g| g.is_empty()) {
+            return Err(OffloadError::Invalid(format!("unit {u} has no parameters")));
+        }
+        let params: Vec<Param> = keyed
+            .into_iter()
+            .map(|(_, _, _, t)| Param {
+                kind: t.kind(),
+                shape: t.size(),
+                handle: t,
+            })
+            .collect();
+        let sizes: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|g| params[g.clone()].iter().map(param_bytes).collect())
+            .collect();
+        let layout = Layout::pack(&sizes, chunk_bytes);
+        let arena = HostArena::allocate(&layout, device.is_cuda().then_some(device))?;
+        let mut w = Self {
+            params,
+            groups,
+            layout,
+            arena,
+            device,
+            device_chunks: None,
+        };
+        for g in 0..w.groups.len() {
+            let span = w.arena.span(w.layout.groups[g])?;
+            for (k, p) in w.groups[g].clone().enumerate() {
+                let mut host = typed_view(
+                    &span,
+                    w.layout.offsets[g][k],
+                    w.params[p].kind,
+                    &w.params[p].shape,
+                )?;
+                host.f_copy_(&w.params[p].handle.f_to_device(Device::Cpu)?)?;
+                w.params[p].handle.f_set_data(&host)?;
+            }
+        }
+        Ok(w)
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Bytes of the weights (unpadded).
+    pub fn weight_bytes(&self) -> u64 {
+        self.params.iter().map(|p| param_bytes(p) as u64).sum()
+    }
+
+    /// Host memory held (the arena, with alignment padding).
+    pub fn host_bytes(&self) -> u64 {
+        self.arena.bytes() as u64
+    }
+
+    pub fn pinned(&self) -> bool {
+        self.arena.pinned()
+    }
+
+    pub fn num_units(&self) -> usize {
+        self.groups.len() - 1
+    }
+
+    /// Padded bytes of unit `u`'s group (what one slot must hold).
+    pub fn unit_bytes(&self, u: usize) -> usize {
+        self.layout.groups[u + 1].bytes
+    }
+
+    pub fn max_unit_bytes(&self) -> usize {
+        (0..self.num_units())
+            .map(|u| self.unit_bytes(u))
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn remainder_bytes(&self) -> usize {
+        self.layout.groups[0].bytes
+    }
+
+    /// Unit `u`'s bytes in the arena.
+    pub fn unit_host(&self, u: usize) -> Result<Tensor> {
+        self.arena.span(self.unit_span(u))
+    }
+
+    fn unit_span(&self, u: usize) -> Span {
+        self.layout.groups[u + 1]
+    }
+
+    /// Points group `g`'s modules at the copy of the group in `bytes` (a 1-D uint8 buffer laid
+    /// out like the arena's group, on any device).
+    fn bind_group(&mut self, g: usize, bytes: &Tensor) -> Result<()> {
+        for (k, p) in self.groups[g].clone().enumerate() {
+            let view = typed_view(
+                bytes,
+                self.layout.offsets[g][k],
+                self.params[p].kind,
+                &self.params[p].shape,
+            )?;
+            self.params[p].handle.f_set_data(&view)?;
+        }
+        Ok(())
+    }
+
+    /// Points unit `u`'s modules at `slot` (which holds, or will hold before use, its bytes).
+    pub fn bind_unit(&mut self, u: usize, slot: &Tensor) -> Result<()> {
+        self.bind_group(u + 1, slot)
+    }
+
+    /// Copies the remainder to `device` and points its modules there; returns the buffer.
+    pub fn onload_remainder(&mut self, device: Device) -> Result<Tensor> {
+        let host = self.arena.span(self.layout.groups[0])?;
+        let on = host.f_to_device_(device, Kind::Uint8, true, false)?;
+        self.bind_group(0, &on)?;
+        Ok(on)
+    }
+
+    /// Model mode: copies every chunk to the device (asynchronously from pinned memory, on
+    /// the current stream) and points every module there.
+    pub fn onload(&mut self) -> Result<()> {
+        if self.device_chunks.is_some() {
+            return Ok(());
+        }
+        let mut chunks = Vec::with_capacity(self.layout.chunks.len());
+        for c in 0..self.layout.chunks.len() {
+            chunks.push(
+                self.arena
+                    .chunk(c)
+                    .f_to_device_(self.device, Kind::Uint8, true, false)?,
+            );
+        }
+        for g in 0..self.groups.len() {
+            let s = self.layout.groups[g];
+            let bytes = chunks[s.chunk].f_narrow(0, s.offset as i64, s.bytes as i64)?;
+            self.bind_group(g, &bytes)?;
+        }
+        self.device_chunks = Some(chunks);
+        Ok(())
+    }
+
+    /// Points every module back at its host copy and drops the device copies (nothing is
+    /// copied back: weights never change).
+    pub fn offload(&mut self) -> Result<()> {
+        for g in 0..self.groups.len() {
+            let host = self.arena.span(self.layout.groups[g])?;
+            self.bind_group(g, &host)?;
+        }
+        self.device_chunks = None;
+        Ok(())
+    }
+
+    pub fn is_onloaded(&self) -> bool {
+        self.device_chunks.is_some()
+    }
+
+    /// Bytes on the device in model mode (0 when offloaded).
+    pub fn device_bytes(&self) -> u64 {
+        self.device_chunks
+            .as_ref()
+            .map_or(0, |c| c.iter().map(|t| t.numel() as u64).sum())
+    }
+}
+
+fn param_bytes(p: &Param) -> usize {
+    p.shape.iter().product::<i64>() as usize * p.kind.elt_size_in_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names() {
+        assert_eq!(
+            ltx_transformer_unit("transformer_blocks.12.attn1.to_q.weight"),
+            Some(12)
+        );
+        assert_eq!(ltx_transformer_unit("proj_in.weight"), None);
+        assert_eq!(
+            t5_unit("encoder.block.3.layer.1.DenseReluDense.wo.weight"),
+            Some(3)
+        );
+        assert_eq!(
+            t5_unit("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+            None
+        );
+        assert_eq!(t5_unit("shared.weight"), None);
+    }
+
+    #[test]
+    fn modules_see_the_host_copy_and_model_mode_round_trips() {
+        let a = Tensor::from_slice(&[1f32, 2., 3.]);
+        let b = Tensor::from_slice(&[4f32, 5.]);
+        let c = Tensor::from_slice(&[7f32]);
+        let (ma, mb, mc) = (a.shallow_clone(), b.shallow_clone(), c.shallow_clone());
+        let named = vec![
+            ("transformer_blocks.1.w".to_string(), a),
+            ("proj_in.weight".to_string(), c),
+            ("transformer_blocks.0.w".to_string(), b),
+        ];
+        let mut w =
+            OffloadedWeights::new(named, ltx_transformer_unit, Device::Cpu, 1 << 20).unwrap();
+        assert_eq!(w.num_units(), 2);
+        assert_eq!(w.weight_bytes(), 24);
+        // The module's tensors now read the arena.
+        assert_eq!(Vec::<f32>::try_from(&ma).unwrap(), vec![1., 2., 3.]);
+        assert_eq!(Vec::<f32>::try_from(&mb).unwrap(), vec![4., 5.]);
+        let host = w.unit_host(1).unwrap();
+        assert_eq!(host.numel(), 256);
+        // Writing the arena is seen by the module: they share memory.
+        let _ = typed_view(&host, 0, Kind::Float, &[3])
+            .unwrap()
+            .f_add_scalar_(10.0)
+            .unwrap();
+        assert_eq!(Vec::<f32>::try_from(&ma).unwrap(), vec![11., 12., 13.]);
+        w.onload().unwrap();
+        assert!(w.is_onloaded());
+        assert_eq!(Vec::<f32>::try_from(&mc).unwrap(), vec![7.]);
+        w.offload().unwrap();
+        assert_eq!(w.device_bytes(), 0);
+        assert_eq!(Vec::<f32>::try_from(&mb).unwrap(), vec![4., 5.]);
+    }
+
+    #[test]
+    fn a_gap_in_unit_numbers_is_an_error() {
+        let named = vec![(
+            "transformer_blocks.1.w".to_string(),
+            Tensor::from_slice(&[1f32]),
+        )];
+        assert!(OffloadedWeights::new(named, ltx_transformer_unit, Device::Cpu, 1024).is_err());
+    }
+}
