@@ -64,6 +64,15 @@ impl TextEncoder {
         }
     }
 
+    /// A TorchScript module's parameters as handles sharing its tensors (empty for T5, whose
+    /// parameters come from its weight store).
+    pub fn torchscript_params(&self) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Self::T5(_) => Ok(Vec::new()),
+            Self::TorchScript { module, .. } => Ok(module.named_parameters()?),
+        }
+    }
+
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         match self {
             Self::T5(m) => m.forward(input_ids),

@@ -174,6 +174,11 @@ impl Streamer {
         (self.slots * self.slot_bytes + self.remainder_bytes) as u64
     }
 
+    /// Whether the master copies are page-locked.
+    pub fn pinned(&self) -> bool {
+        self.lock().weights.pinned()
+    }
+
     pub fn host_bytes(&self) -> u64 {
         self.lock().weights.host_bytes()
     }

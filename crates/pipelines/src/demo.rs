@@ -11,6 +11,7 @@ use ltx_models::weights::WeightStore;
 use ltx_models::Result;
 
 use crate::ltx_i2v::{Components, LoadOptions, LtxI2vPipeline, ModelSource};
+use crate::memory::ComponentParams;
 
 /// Seed of the demo model's weights: the same model on every machine.
 pub const DEMO_SEED: i64 = 0x17_1D_E0;
@@ -74,21 +75,25 @@ fn scheduler() -> FlowMatchConfig {
 /// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).
 pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<LtxI2vPipeline> {
     tch::manual_seed(DEMO_SEED);
-    let store = WeightStore::random(opts.dtype, opts.device);
+    // One store per component (drawn in the same order as ever, so the weights are the same),
+    // so each component's parameters can be placed on their own.
+    let stores: [WeightStore; 3] =
+        std::array::from_fn(|_| WeightStore::random(opts.dtype, opts.device));
     let parts = tch::no_grad(|| -> Result<Components> {
         Ok(Components {
             tokenizer: T5Tokenizer::from_sentencepiece(SPIECE, 100, max_sequence_length)?,
-            text_encoder: TextEncoder::T5(T5Encoder::new(&store.root(), t5())?),
-            transformer: LtxTransformer::new(&store.root(), transformer())?,
-            vae: LtxVae::new(&store.root(), vae())?,
+            text_encoder: TextEncoder::T5(T5Encoder::new(&stores[0].root(), t5())?),
+            transformer: LtxTransformer::new(&stores[1].root(), transformer())?,
+            vae: LtxVae::new(&stores[2].root(), vae())?,
             scheduler: scheduler(),
-            weight_bytes: 0,
+            weight_bytes: stores.iter().map(WeightStore::loaded_bytes).sum(),
+            params: ComponentParams {
+                text_encoder: stores[0].take_params(),
+                transformer: stores[1].take_params(),
+                vae: stores[2].take_params(),
+            },
         })
     })?;
-    let parts = Components {
-        weight_bytes: store.loaded_bytes(),
-        ..parts
-    };
     Ok(LtxI2vPipeline::from_components(
         parts,
         opts,

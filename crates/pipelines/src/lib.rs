@@ -4,6 +4,9 @@
 pub mod demo;
 pub mod image;
 pub mod ltx_i2v;
+pub mod memory;
 pub mod video;
 
 pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};
+pub use ltx_offload::OffloadMode;
+pub use memory::{MemoryOptions, MemoryReport};

@@ -9,6 +9,7 @@
 //! `decoder_noise_seed` just before decoding.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ltx_models::config::read_config;
 use ltx_models::ltx::{
@@ -23,6 +24,15 @@ use ltx_models::{ModelError, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::image::RgbImage;
+use crate::memory::{Component, ComponentParams, Memory, MemoryOptions, MemoryReport};
+use ltx_offload::OffloadMode;
+
+/// A copy with its own storage (not a view of a weight).
+fn owned(t: &Tensor) -> Result<Tensor> {
+    let mut o = t.f_empty_like()?;
+    o.f_copy_(t)?;
+    Ok(o)
+}
 
 /// One generation's settings (diffusers' argument names and defaults).
 #[derive(Debug, Clone)]
@@ -156,6 +166,8 @@ pub struct Components {
     pub scheduler: FlowMatchConfig,
     /// Bytes of all weights the components hold (on `LoadOptions::device`).
     pub weight_bytes: u64,
+    /// The modules' parameter handles, for placing them later (offload modes).
+    pub params: ComponentParams,
 }
 
 pub struct LtxI2vPipeline {
@@ -167,6 +179,10 @@ pub struct LtxI2vPipeline {
     opts: LoadOptions,
     source: ModelSource,
     weight_bytes: u64,
+    /// Parameter handles until [`LtxI2vPipeline::place`] takes them.
+    params: Option<ComponentParams>,
+    /// Offload modes: where the weights are, switched per stage.
+    memory: Option<Mutex<Memory>>,
 }
 
 fn component<T>(
@@ -174,27 +190,35 @@ fn component<T>(
     name: &str,
     opts: LoadOptions,
     bytes: &mut u64,
+    params: &mut Vec<(String, Tensor)>,
     build: impl FnOnce(&WeightStore) -> Result<T>,
 ) -> Result<T> {
     let store = WeightStore::from_component_dir(&dir.join(name), opts.dtype, opts.device)?;
     let model = build(&store)?;
     store.finish()?;
     *bytes += store.loaded_bytes();
+    *params = store.take_params();
     Ok(model)
 }
 
 /// `text_encoder/`: a TorchScript export if the folder has one (see
 /// [`TextEncoder::torchscript_in`]), else T5 from its config and safetensors.
-fn load_text_encoder(dir: &Path, opts: LoadOptions, bytes: &mut u64) -> Result<TextEncoder> {
+fn load_text_encoder(
+    dir: &Path,
+    opts: LoadOptions,
+    bytes: &mut u64,
+    params: &mut Vec<(String, Tensor)>,
+) -> Result<TextEncoder> {
     let folder = dir.join("text_encoder");
     if let Some(ts) = TextEncoder::torchscript_in(&folder) {
         tracing::info!(path = %ts.display(), "TorchScript text encoder");
         let te = TextEncoder::load_torchscript(&ts, opts.device, opts.dtype)?;
         *bytes += te.torchscript_bytes().unwrap_or(0);
+        *params = te.torchscript_params()?;
         return Ok(te);
     }
     let cfg: T5Config = read_config(&folder.join("config.json"))?;
-    component(dir, "text_encoder", opts, bytes, |s| {
+    component(dir, "text_encoder", opts, bytes, params, |s| {
         T5Encoder::new(&s.root(), cfg)
     })
     .map(TextEncoder::T5)
@@ -223,17 +247,24 @@ impl LtxI2vPipeline {
         let scheduler: FlowMatchConfig = read_config(&dir.join("scheduler/scheduler_config.json"))?;
         scheduler.validate()?;
         let mut bytes = 0;
+        let mut params = ComponentParams::default();
         let parts = Components {
             tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
-            text_encoder: load_text_encoder(dir, opts, &mut bytes)?,
-            transformer: component(dir, "transformer", opts, &mut bytes, |s| {
-                LtxTransformer::new(&s.root(), tr_cfg)
-            })?,
-            vae: component(dir, "vae", opts, &mut bytes, |s| {
+            text_encoder: load_text_encoder(dir, opts, &mut bytes, &mut params.text_encoder)?,
+            transformer: component(
+                dir,
+                "transformer",
+                opts,
+                &mut bytes,
+                &mut params.transformer,
+                |s| LtxTransformer::new(&s.root(), tr_cfg),
+            )?,
+            vae: component(dir, "vae", opts, &mut bytes, &mut params.vae, |s| {
                 LtxVae::new(&s.root(), vae_cfg)
             })?,
             scheduler,
             weight_bytes: bytes,
+            params,
         };
         Ok(Self::from_components(
             parts,
@@ -263,7 +294,12 @@ impl LtxI2vPipeline {
         let vae = LtxVae::new(&vae_store.root(), vae_cfg)?;
         vae_store.finish()?;
         let mut bytes = tr_store.loaded_bytes() + vae_store.loaded_bytes();
-        let text_encoder = load_text_encoder(dir, opts, &mut bytes)?;
+        let mut params = ComponentParams {
+            transformer: tr_store.take_params(),
+            vae: vae_store.take_params(),
+            ..ComponentParams::default()
+        };
+        let text_encoder = load_text_encoder(dir, opts, &mut bytes, &mut params.text_encoder)?;
         let parts = Components {
             tokenizer: T5Tokenizer::from_dir(&dir.join("tokenizer"), max_sequence_length)?,
             text_encoder,
@@ -271,6 +307,7 @@ impl LtxI2vPipeline {
             vae,
             scheduler,
             weight_bytes: bytes,
+            params,
         };
         Ok(Self::from_components(
             parts,
@@ -289,6 +326,90 @@ impl LtxI2vPipeline {
             opts,
             source,
             weight_bytes: c.weight_bytes,
+            params: Some(c.params),
+            memory: None,
+        }
+    }
+
+    /// Loads `dir` for `device` with the memory mode of `mem`: `none` (or the CPU, where
+    /// offload is a no-op) loads straight onto the device; `model` and `sequential` load onto
+    /// the host and [`LtxI2vPipeline::place`] the weights.
+    pub fn load_for(
+        dir: &Path,
+        device: Device,
+        dtype: Kind,
+        mem: MemoryOptions,
+        max_sequence_length: usize,
+    ) -> Result<Self> {
+        if mem.mode == OffloadMode::None || !device.is_cuda() {
+            return Self::load(dir, LoadOptions { device, dtype }, max_sequence_length);
+        }
+        let host = LoadOptions {
+            device: Device::Cpu,
+            dtype,
+        };
+        let mut p = Self::load(dir, host, max_sequence_length)?;
+        p.place(device, mem)?;
+        Ok(p)
+    }
+
+    /// Puts a pipeline loaded on the CPU into an offload mode for `device`: master copies in
+    /// host arenas (pinned for CUDA), components moved to `device` per stage (`model`) or the
+    /// transformer and T5 streamed block by block (`sequential`). `device` may be the CPU
+    /// (tests: the same schedule with a host buffer as the device).
+    pub fn place(&mut self, device: Device, mem: MemoryOptions) -> Result<()> {
+        if mem.mode == OffloadMode::None {
+            return Ok(());
+        }
+        if self.opts.device != Device::Cpu {
+            return Err(ModelError::Memory(format!(
+                "offload needs a pipeline loaded on the CPU, this one is on {:?}",
+                self.opts.device
+            )));
+        }
+        let params = self
+            .params
+            .take()
+            .ok_or_else(|| ModelError::Memory("the weights were already placed".into()))?;
+        let text_streamable = matches!(self.text_encoder, TextEncoder::T5(_));
+        let (memory, streamers) = Memory::new(params, device, mem, text_streamable)?;
+        if let Some(s) = streamers.transformer {
+            self.transformer.set_block_hooks(Some(s));
+        }
+        if let (Some(s), TextEncoder::T5(t5)) = (streamers.text_encoder, &mut self.text_encoder) {
+            t5.set_block_hooks(Some(s));
+        }
+        self.memory = Some(Mutex::new(memory));
+        self.opts.device = device;
+        Ok(())
+    }
+
+    /// Where the weights are now.
+    pub fn memory_report(&self) -> MemoryReport {
+        match &self.memory {
+            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).report(),
+            None => MemoryReport {
+                mode: None,
+                device_bytes: if self.opts.device.is_cuda() {
+                    self.weight_bytes
+                } else {
+                    0
+                },
+                host_bytes: if self.opts.device.is_cuda() {
+                    0
+                } else {
+                    self.weight_bytes
+                },
+                pinned: false,
+            },
+        }
+    }
+
+    /// Model offload: makes `c` the component on the device (no-op without a memory mode).
+    fn enter(&self, c: Component) -> Result<()> {
+        match &self.memory {
+            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).enter(c),
+            None => Ok(()),
         }
     }
 
@@ -382,7 +503,15 @@ impl LtxI2vPipeline {
             progress(stage);
             Ok(())
         };
-        tch::no_grad(|| self.run(image, p, &mut report))
+        let out = tch::no_grad(|| self.run(image, p, &mut report));
+        // Whatever happened, no component stays on the device between generations.
+        let idle = match &self.memory {
+            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).idle(),
+            None => Ok(()),
+        };
+        let out = out?;
+        idle?;
+        Ok(out)
     }
 
     fn run(
@@ -398,17 +527,20 @@ impl LtxI2vPipeline {
         let dev = self.opts.device;
 
         progress(Progress::EncodingText)?;
+        self.enter(Component::TextEncoder)?;
         let (text, text_mask) = self.encode_text(p)?;
 
         progress(Progress::EncodingImage)?;
+        self.enter(Component::Vae)?;
         tch::manual_seed(p.seed as i64);
         let posterior = self
             .vae
             .encode(&self.preprocess(image, p)?.f_unsqueeze(2)?)?;
         let sample = &posterior.mean
             + posterior.std()? * self.randn(&posterior.mean.size(), posterior.mean.kind())?;
-        let mean = self.vae.latents_mean.f_view([1, -1, 1, 1, 1])?;
-        let std = self.vae.latents_std.f_view([1, -1, 1, 1, 1])?;
+        // Copies, not views: a view would keep the VAE's device copy alive while it is offloaded.
+        let mean = owned(&self.vae.latents_mean.f_view([1, -1, 1, 1, 1])?)?;
+        let std = owned(&self.vae.latents_std.f_view([1, -1, 1, 1, 1])?)?;
         let init = ((sample.f_to_kind(Kind::Float)? - &mean) * vcfg.scaling_factor / &std)
             .f_repeat([1, 1, f, 1, 1])?;
         let mask = Tensor::f_zeros([1, 1, f, h, w], (Kind::Float, dev))?;
@@ -424,6 +556,7 @@ impl LtxI2vPipeline {
         let schedule = FlowMatchSchedule::ltx(&self.scheduler, p.steps, (f * h * w) as usize)?;
         let rope_scale = [tr as f64 / p.frame_rate, sr as f64, sr as f64];
         let keep = token_mask.f_neg()? + 1.0;
+        self.enter(Component::Transformer)?;
         for (i, &t) in schedule.timesteps.iter().enumerate() {
             progress(Progress::Denoising {
                 step: i + 1,
@@ -466,6 +599,7 @@ impl LtxI2vPipeline {
         }
 
         progress(Progress::Decoding)?;
+        self.enter(Component::Vae)?;
         let z = Self::unpack(&latents, f, h, w)?;
         let mut z = (z * &std / vcfg.scaling_factor + &mean).f_to_kind(self.opts.dtype)?;
         let temb = if vcfg.timestep_conditioning {

@@ -90,3 +90,67 @@ fn a_cancelled_generation_stops_at_a_step_boundary() {
     assert!(matches!(err, ltx_models::ModelError::Cancelled), "{err}");
     assert_eq!(steps.get(), 2, "stopped before step 3");
 }
+
+#[test]
+fn model_and_sequential_offload_give_the_resident_video() {
+    use ltx_pipelines::{MemoryOptions, OffloadMode};
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    };
+    let image = RgbImage {
+        width: 64,
+        height: 32,
+        data: (0..64 * 32 * 3).map(|i| (i * 7 % 253) as u8).collect(),
+    };
+    let p = I2vParams {
+        prompt: "a red ball".into(),
+        negative_prompt: "blur".into(),
+        height: 32,
+        width: 64,
+        num_frames: 9,
+        steps: 3,
+        seed: 5,
+        ..I2vParams::default()
+    };
+    let resident = demo_pipeline(opts, 128).unwrap();
+    let want = resident.generate(&image, &p, &mut |_| {}).unwrap();
+    assert_eq!(resident.memory_report().mode, None);
+    for (mode, prefetch) in [
+        (OffloadMode::Model, 0),
+        (OffloadMode::Sequential, 0),
+        (OffloadMode::Sequential, 1),
+        (OffloadMode::Sequential, 3),
+    ] {
+        let mut pipe = demo_pipeline(opts, 128).unwrap();
+        // The CPU stands in for the device: same placement code, a host buffer as "VRAM".
+        pipe.place(Device::Cpu, MemoryOptions { mode, prefetch })
+            .unwrap();
+        for run in 0..2 {
+            let got = pipe.generate(&image, &p, &mut |_| {}).unwrap();
+            assert!(
+                got.equal(&want),
+                "{mode} (prefetch {prefetch}), run {run}: max diff {}",
+                (&got - &want).abs().max().double_value(&[])
+            );
+        }
+        let r = pipe.memory_report();
+        assert_eq!(r.mode, Some(mode));
+        assert!(r.host_bytes >= resident.weight_bytes(), "{r:?}");
+        if mode == OffloadMode::Model {
+            assert_eq!(
+                r.device_bytes, 0,
+                "nothing stays on the device between jobs"
+            );
+        } else {
+            assert!(
+                r.device_bytes > 0 && r.device_bytes < resident.weight_bytes(),
+                "{r:?}"
+            );
+        }
+        assert!(pipe
+            .place(Device::Cpu, MemoryOptions { mode, prefetch })
+            .is_err());
+    }
+}
