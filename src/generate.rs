@@ -11,7 +11,7 @@ use ltx_gpu::DeviceSpec;
 use ltx_pipelines::demo::demo_pipeline;
 use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::video::{write_mp4, write_pngs};
-use ltx_pipelines::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};
+use ltx_pipelines::{I2vParams, LtxI2vPipeline, MemoryOptions, ModelSource, OffloadMode, Progress};
 use tch::Kind;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,6 +73,16 @@ pub struct GenerateArgs {
     /// Weight and activation precision (default: fp32 on the CPU, bf16 on CUDA).
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
+    /// Model CPU offload: each component moves to the GPU only while it runs.
+    #[arg(long, env = "LTX_ENABLE_CPU_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    cpu_offload: bool,
+    /// Sequential CPU offload: transformer and T5 blocks streamed from pinned host memory
+    /// (wins over --cpu-offload).
+    #[arg(long, env = "LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    sequential_cpu_offload: bool,
+    /// Sequential offload: blocks copied ahead of the one computing.
+    #[arg(long, env = "LTX_OFFLOAD_PREFETCH", default_value_t = 2)]
+    offload_prefetch: usize,
     /// The MP4 to write (H.264, yuv420p).
     #[arg(short, long)]
     output: PathBuf,
@@ -168,19 +178,30 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         None if tch_device == tch::Device::Cpu => Kind::Float,
         None => Kind::BFloat16,
     };
-    let opts = LoadOptions {
-        device: tch_device,
-        dtype,
+    let mem = MemoryOptions {
+        mode: OffloadMode::from_switches(args.cpu_offload, args.sequential_cpu_offload),
+        prefetch: args.offload_prefetch,
     };
     let start = Instant::now();
-    eprintln!("loading {} on {tch_device:?} ({dtype:?})", args.model);
-    let pipe = match (&model_dir, &args.checkpoint) {
-        (Some(dir), Some(file)) => {
-            LtxI2vPipeline::load_with_single_file(dir, file, opts, params.max_sequence_length)?
-        }
-        (Some(dir), None) => LtxI2vPipeline::load(dir, opts, params.max_sequence_length)?,
-        (None, _) => demo_pipeline(opts, params.max_sequence_length)?,
+    let placement = if tch_device.is_cuda() {
+        format!("offload {}", mem.mode)
+    } else {
+        format!("offload {} is a no-op on the CPU", mem.mode)
     };
+    eprintln!(
+        "loading {} on {tch_device:?} ({dtype:?}, {placement})",
+        args.model
+    );
+    let max_len = params.max_sequence_length;
+    let pipe = LtxI2vPipeline::load_placed(tch_device, dtype, mem, |opts| {
+        match (&model_dir, &args.checkpoint) {
+            (Some(dir), Some(file)) => {
+                LtxI2vPipeline::load_with_single_file(dir, file, opts, max_len)
+            }
+            (Some(dir), None) => LtxI2vPipeline::load(dir, opts, max_len),
+            (None, _) => demo_pipeline(opts, max_len),
+        }
+    })?;
     if pipe.source() == &ModelSource::Demo {
         eprintln!("note: the demo model has random weights: the video will be noise");
     }

@@ -331,24 +331,23 @@ impl LtxI2vPipeline {
         }
     }
 
-    /// Loads `dir` for `device` with the memory mode of `mem`: `none` (or the CPU, where
-    /// offload is a no-op) loads straight onto the device; `model` and `sequential` load onto
-    /// the host and [`LtxI2vPipeline::place`] the weights.
-    pub fn load_for(
-        dir: &Path,
+    /// Loads with `load` (a folder, a single file, the demo) for `device` in the memory mode
+    /// of `mem`: `none`, or any mode on the CPU (where offload is a no-op), loads straight onto
+    /// the device; `model` and `sequential` on CUDA load onto the host, then
+    /// [`LtxI2vPipeline::place`] the weights.
+    pub fn load_placed(
         device: Device,
         dtype: Kind,
         mem: MemoryOptions,
-        max_sequence_length: usize,
+        load: impl FnOnce(LoadOptions) -> Result<Self>,
     ) -> Result<Self> {
         if mem.mode == OffloadMode::None || !device.is_cuda() {
-            return Self::load(dir, LoadOptions { device, dtype }, max_sequence_length);
+            return load(LoadOptions { device, dtype });
         }
-        let host = LoadOptions {
+        let mut p = load(LoadOptions {
             device: Device::Cpu,
             dtype,
-        };
-        let mut p = Self::load(dir, host, max_sequence_length)?;
+        })?;
         p.place(device, mem)?;
         Ok(p)
     }

@@ -50,6 +50,11 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub ltx_enable_sequential_cpu_offload: bool,
 
+    /// Sequential offload: transformer/T5 blocks copied ahead of the one computing (the ring
+    /// of GPU slots holds this + 1 blocks).
+    #[arg(long, env = "LTX_OFFLOAD_PREFETCH", default_value_t = 2)]
+    pub ltx_offload_prefetch: usize,
+
     /// A done job's video is kept this many seconds, then deleted (its id then answers 410).
     #[arg(long, env = "LTX_RESULT_MAX_AGE_S", default_value_t = 24 * 3600)]
     pub result_max_age_s: u64,

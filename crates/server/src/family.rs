@@ -72,6 +72,16 @@ impl OffloadMode {
     }
 }
 
+impl From<OffloadMode> for ltx_pipelines::OffloadMode {
+    fn from(m: OffloadMode) -> Self {
+        match m {
+            OffloadMode::Model => Self::Model,
+            OffloadMode::Sequential => Self::Sequential,
+            OffloadMode::None => Self::None,
+        }
+    }
+}
+
 /// The offload mode asked for, the one in effect, and why they differ.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct OffloadReport {
@@ -82,22 +92,21 @@ pub struct OffloadReport {
 
 impl OffloadReport {
     pub fn new(requested: OffloadMode, on_cuda: bool) -> Self {
-        let note = match (requested, on_cuda) {
-            (OffloadMode::None, _) => None,
-            (_, false) => Some(format!(
+        if on_cuda || requested == OffloadMode::None {
+            return Self {
+                requested,
+                effective: requested,
+                note: None,
+            };
+        }
+        Self {
+            requested,
+            effective: OffloadMode::None,
+            note: Some(format!(
                 "{} offload moves weights between the GPU and the host: on the CPU device it \
                  is a no-op",
                 requested.as_str()
             )),
-            (_, true) => Some(format!(
-                "{} offload is not implemented in this version: weights stay resident on the GPU",
-                requested.as_str()
-            )),
-        };
-        Self {
-            requested,
-            effective: OffloadMode::None,
-            note,
         }
     }
 }
@@ -171,5 +180,8 @@ mod tests {
         assert_eq!(r.effective, OffloadMode::None);
         assert!(r.note.unwrap().contains("no-op"));
         assert!(OffloadReport::new(OffloadMode::None, true).note.is_none());
+        let gpu = OffloadReport::new(OffloadMode::Sequential, true);
+        assert_eq!(gpu.effective, OffloadMode::Sequential);
+        assert!(gpu.note.is_none());
     }
 }

@@ -90,6 +90,10 @@ impl AppState {
             WorkerConfig {
                 model: config.ltx_model.clone(),
                 device: resolved.clone(),
+                memory: ltx_pipelines::MemoryOptions {
+                    mode: config.ltx_offload().into(),
+                    prefetch: config.ltx_offload_prefetch,
+                },
                 family: family.clone(),
                 metrics: metrics.clone(),
                 retention: config.retention(),

@@ -12,7 +12,7 @@ use ltx_gpu::device::ResolvedDevice;
 use ltx_models::ModelError;
 use ltx_pipelines::demo::demo_pipeline;
 use ltx_pipelines::video::write_mp4;
-use ltx_pipelines::{LoadOptions, LtxI2vPipeline, Progress};
+use ltx_pipelines::{LtxI2vPipeline, MemoryOptions, Progress};
 use tch::Kind;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +25,8 @@ use crate::ServerError;
 pub struct WorkerConfig {
     pub model: Option<PathBuf>,
     pub device: ResolvedDevice,
+    /// The offload mode (applied on CUDA; a no-op on the CPU).
+    pub memory: MemoryOptions,
     pub family: Family,
     pub metrics: Arc<Metrics>,
     pub retention: Retention,
@@ -63,6 +65,9 @@ fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
                 let span = tracing::info_span!("job", id = %job.id);
                 let _enter = span.enter();
                 run_one(&cfg, &mut pipeline, &job);
+                if let Some(p) = &pipeline {
+                    report_placement(&cfg, p);
+                }
                 release_cache(&cfg.device, "after the job");
             }
             Command::Unload(reply) => {
@@ -221,28 +226,39 @@ fn load(cfg: &WorkerConfig, max_sequence_length: usize) -> Result<LtxI2vPipeline
     } else {
         Kind::BFloat16
     };
-    let opts = LoadOptions { device, dtype };
-    tracing::info!(model = %model_description(cfg.model.as_deref()), ?device, "loading LTX-Video");
+    tracing::info!(model = %model_description(cfg.model.as_deref()), ?device, mode = %cfg.memory.mode, "loading LTX-Video");
     let t0 = Instant::now();
     cfg.family.update(|f| f.state = FamilyState::Loading);
-    let loaded = match &cfg.model {
-        Some(dir) => LtxI2vPipeline::load(dir, opts, max_sequence_length)?,
-        None => demo_pipeline(opts, max_sequence_length)?,
-    };
+    let loaded = LtxI2vPipeline::load_placed(device, dtype, cfg.memory, |opts| match &cfg.model {
+        Some(dir) => LtxI2vPipeline::load(dir, opts, max_sequence_length),
+        None => demo_pipeline(opts, max_sequence_length),
+    })?;
     let secs = t0.elapsed().as_secs_f64();
-    let bytes = loaded.weight_bytes();
     cfg.family.update(|f| {
-        f.state = FamilyState::Resident;
-        (f.gpu_bytes, f.host_bytes) = if device.is_cuda() {
-            (bytes, 0)
-        } else {
-            (0, bytes)
-        };
         f.load_seconds = Some(secs);
         f.loads += 1;
     });
-    tracing::info!(weight_bytes = bytes, seconds = secs, "LTX-Video loaded");
+    report_placement(cfg, &loaded);
+    tracing::info!(
+        weight_bytes = loaded.weight_bytes(),
+        seconds = secs,
+        "LTX-Video loaded"
+    );
     Ok(loaded)
+}
+
+/// Where the loaded model's weights are now, into the family report.
+fn report_placement(cfg: &WorkerConfig, pipe: &LtxI2vPipeline) {
+    let m = pipe.memory_report();
+    cfg.family.update(|f| {
+        f.state = if m.mode.is_some() {
+            FamilyState::Offloaded
+        } else {
+            FamilyState::Resident
+        };
+        f.gpu_bytes = m.device_bytes;
+        f.host_bytes = m.host_bytes;
+    });
 }
 
 /// `Ok(None)`: the job had been cancelled while queued.
