@@ -28,6 +28,9 @@ status=0
 cat "$results/doctor.txt"
 "$here/gpu-tests" --test-threads=1 >"$results/tests.txt" 2>"$results/tests.stderr.txt" || status=1
 "$here/bench-kernels" --bench >"$results/bench.txt" 2>&1 || status=1
+# Memory modes on an LTX-2B-shaped transformer (28 blocks, D=2048, 6144 tokens, batch 2).
+"$here/ltx-i2v" bench offload --json "$results/offload.json" >"$results/offload.txt" 2>&1 || status=1
+cat "$results/offload.txt"
 
 "$py" - "$results" <<'PY'
 import json, os, re, sys
@@ -59,6 +62,17 @@ for bid, ns in sorted(means.items()):
         ref = bid.replace("/kernel/", "/tch_reference/")
         if ref in means:
             rows.append(("bench", bid.replace("/kernel/", "/kernel-vs-tch/"), f"{means[ref] / ns:.2f}x faster than tch"))
+off = os.path.join(results, "offload.json")
+if os.path.exists(off):
+    o = json.load(open(off))
+    rows.append(("bench", "offload/raw_h2d", f"{o['raw_h2d_gbs']:.1f} GB/s"))
+    for s in o["streamer_gbs"]:
+        rows.append(("bench", f"offload/streamer_h2d/k={s['prefetch']}", f"{s['gbs']:.1f} GB/s ({100 * s['gbs'] / o['raw_h2d_gbs']:.0f}% of raw)"))
+    for r in o["rows"]:
+        rows.append(("bench", f"offload/step/{r['mode']}", f"{r['seconds']:.3f} s, peak {r['peak_bytes'] / 1e9:.2f} GB, weights on GPU {r['weight_bytes_on_gpu'] / 1e9:.2f} GB {r['note']}"))
+else:
+    log = open(os.path.join(results, "offload.txt")).read()
+    rows.append(("bench", "offload", "skipped (no CUDA device)" if "skipped: no CUDA device" in log else "NO RESULTS: see offload.txt"))
 if not means:
     bench_log = open(os.path.join(results, "bench.txt")).read()
     rows.append(("bench", "kernels", "skipped (no CUDA device)" if "skipped: no CUDA device" in bench_log else "NO RESULTS: see bench.txt"))

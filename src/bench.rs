@@ -19,6 +19,9 @@ use tch::{Device, Kind};
 pub enum BenchCommand {
     /// Rust vs diffusers image-to-video on the CPU, stage by stage.
     Pipeline(PipelineBench),
+    /// GPU: the memory modes (resident, model, sequential, synchronous baseline) on an
+    /// LTX-shaped transformer, and host→device bandwidth raw vs the streamer's.
+    Offload(crate::bench_offload::OffloadBench),
     /// Bounded load test of the HTTP API on this machine (in-process server or a loopback --url).
     Http(crate::bench_http::HttpBench),
 }
@@ -155,6 +158,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let b = match cmd {
         BenchCommand::Pipeline(b) => b,
         BenchCommand::Http(h) => return crate::bench_http::run(h),
+        BenchCommand::Offload(o) => return crate::bench_offload::run(o),
     };
     let py = python_ready(&b);
     if !b.model_dir.join("model_index.json").is_file() {

@@ -3,6 +3,7 @@ use tracing_subscriber::EnvFilter;
 
 mod bench;
 mod bench_http;
+mod bench_offload;
 mod doctor;
 mod generate;
 

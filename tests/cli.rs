@@ -136,3 +136,17 @@ fn serve_rejects_a_malformed_device_string() {
         "{stderr}"
     );
 }
+
+#[test]
+fn offload_bench_says_it_skipped_without_a_gpu() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltx-i2v"))
+        .args(["bench", "offload", "--layers", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if ltx_gpu::cuda::driver_present() {
+        return; // the GPU suite runs it for real
+    }
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("skipped: no CUDA device ("), "{text}");
+}

@@ -19,6 +19,7 @@
 pub mod arena;
 mod error;
 pub mod mode;
+pub mod naive;
 pub mod ring;
 pub mod sim;
 pub mod streamer;

@@ -192,6 +192,15 @@ impl Streamer {
         self.lock().ring.copies()
     }
 
+    /// Ends streaming: every module points at its host copy again; the slots are freed once
+    /// the work queued on them has run (the caching allocator orders that on the streams).
+    pub fn into_weights(self) -> Result<OffloadedWeights> {
+        let state = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut weights = state.weights;
+        weights.offload()?;
+        Ok(weights)
+    }
+
     /// Starts recording the backend calls (tests).
     pub fn record_calls(&self) {
         self.lock().log = Some(Vec::new());

@@ -61,6 +61,18 @@ impl OffloadedWeights {
         device: Device,
         chunk_bytes: usize,
     ) -> Result<Self> {
+        Self::with_pinning(named, unit_of, device, chunk_bytes, device.is_cuda())
+    }
+
+    /// Like [`OffloadedWeights::new`], choosing whether the host copy is page-locked (the
+    /// pageable variant is the accelerate-style baseline of the benchmarks).
+    pub fn with_pinning(
+        named: Vec<(String, Tensor)>,
+        unit_of: UnitOf,
+        device: Device,
+        chunk_bytes: usize,
+        pin: bool,
+    ) -> Result<Self> {
         let mut keyed: Vec<(Option<usize>, usize, String, Tensor)> = named
             .into_iter()
             .enumerate()
@@ -98,7 +110,7 @@ impl OffloadedWeights {
             .map(|g| params[g.clone()].iter().map(param_bytes).collect())
             .collect();
         let layout = Layout::pack(&sizes, chunk_bytes);
-        let arena = HostArena::allocate(&layout, device.is_cuda().then_some(device))?;
+        let arena = HostArena::allocate(&layout, (pin && device.is_cuda()).then_some(device))?;
         let mut w = Self {
             params,
             groups,
@@ -183,6 +195,25 @@ impl OffloadedWeights {
             self.params[p].handle.f_set_data(&view)?;
         }
         Ok(())
+    }
+
+    /// Unit `u`'s parameters: (the module handle, its host copy).
+    pub fn unit_params(&self, u: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        let g = u + 1;
+        let span = self.arena.span(self.layout.groups[g])?;
+        self.groups[g]
+            .clone()
+            .enumerate()
+            .map(|(k, p)| {
+                let host = typed_view(
+                    &span,
+                    self.layout.offsets[g][k],
+                    self.params[p].kind,
+                    &self.params[p].shape,
+                )?;
+                Ok((self.params[p].handle.shallow_clone(), host))
+            })
+            .collect()
     }
 
     /// Points unit `u`'s modules at `slot` (which holds, or will hold before use, its bytes).

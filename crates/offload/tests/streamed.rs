@@ -204,3 +204,38 @@ fn streamed_t5_equals_resident() {
     let got = tch::no_grad(|| t5.forward(&ids).unwrap());
     assert!(got.equal(&want));
 }
+
+#[test]
+fn the_synchronous_baseline_and_into_weights_keep_the_output() {
+    use ltx_offload::naive::SyncCopyHooks;
+    let _g = RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let (resident, _) = transformer();
+    let want = forward(&resident, 4);
+    let (mut t, store) = transformer();
+    let named = store.take_params();
+    let handles: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let w = OffloadedWeights::new(named, ltx_transformer_unit, Device::Cpu, CHUNK_BYTES).unwrap();
+    let s = Arc::new(Streamer::new(w, 1, Device::Cpu).unwrap());
+    t.set_block_hooks(Some(s.clone()));
+    assert!(forward(&t, 4).equal(&want));
+    // Back from streaming: the hooks go, the modules read the host copy, same output.
+    t.set_block_hooks(None);
+    let s = Arc::into_inner(s).expect("only the test holds the streamer now");
+    let w = s.into_weights().unwrap();
+    assert!(forward(&t, 4).equal(&want));
+    drop(w);
+    // The same handles into a pageable arena, copied unit by unit by the baseline.
+    let w = OffloadedWeights::with_pinning(
+        handles,
+        ltx_transformer_unit,
+        Device::Cpu,
+        CHUNK_BYTES,
+        false,
+    )
+    .unwrap();
+    t.set_block_hooks(Some(Arc::new(SyncCopyHooks::new(w, Device::Cpu))));
+    assert!(forward(&t, 4).equal(&want));
+}
