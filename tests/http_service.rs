@@ -382,7 +382,7 @@ fn results_survive_a_restart_and_expire_after_their_age() {
 }
 
 #[test]
-fn retention_settings_that_cannot_work_are_refused_at_start() {
+fn settings_that_cannot_work_are_refused_at_start() {
     let out = std::process::Command::new(common::BIN)
         .args(["serve", "--port", "0", "--result-max-age-s", "0"])
         .env("LTX_DEVICE", "cpu")
@@ -391,4 +391,12 @@ fn retention_settings_that_cannot_work_are_refused_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--result-max-age-s"), "{err}");
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--port", "0", "--ltx-vram-budget", "lots"])
+        .env("LTX_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LTX_VRAM_BUDGET") && err.contains("12GiB"), "{err}");
 }

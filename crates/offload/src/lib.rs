@@ -17,6 +17,7 @@
 //! early as their dependencies allow and checks every use ([`sim`]).
 
 pub mod arena;
+pub mod budget;
 mod error;
 pub mod mode;
 pub mod naive;

@@ -28,6 +28,21 @@ fn index_after(name: &str, prefix: &str) -> Option<usize> {
     rest.split('.').next()?.parse().ok()
 }
 
+/// `(total, remainder, largest unit)` bytes of named tensors grouped by `unit_of`.
+pub fn group_sizes(named: &[(String, Tensor)], unit_of: UnitOf) -> (u64, u64, u64) {
+    let mut units: std::collections::BTreeMap<usize, u64> = Default::default();
+    let (mut total, mut remainder) = (0, 0);
+    for (n, t) in named {
+        let b = t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
+        total += b;
+        match unit_of(n) {
+            Some(u) => *units.entry(u).or_default() += b,
+            None => remainder += b,
+        }
+    }
+    (total, remainder, units.values().copied().max().unwrap_or(0))
+}
+
 /// Default chunk size of the host arena: large allocations, few of them.
 pub const CHUNK_BYTES: usize = 256 << 20;
 

@@ -8,5 +8,6 @@ pub mod memory;
 pub mod video;
 
 pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};
+pub use ltx_offload::budget::{self, BudgetSpec};
 pub use ltx_offload::OffloadMode;
 pub use memory::{MemoryOptions, MemoryReport};

@@ -25,7 +25,25 @@ use tch::{Device, Kind, Tensor};
 
 use crate::image::RgbImage;
 use crate::memory::{Component, ComponentParams, Memory, MemoryOptions, MemoryReport};
+use ltx_offload::budget::{ComponentSizes, Shape, Workload};
+use ltx_offload::weights::{group_sizes, ltx_transformer_unit, t5_unit};
 use ltx_offload::OffloadMode;
+
+fn component_sizes(p: &ComponentParams) -> ComponentSizes {
+    let (text_encoder, text_remainder, text_max_unit) = group_sizes(&p.text_encoder, t5_unit);
+    let (transformer, transformer_remainder, transformer_max_unit) =
+        group_sizes(&p.transformer, ltx_transformer_unit);
+    let (vae, _, _) = group_sizes(&p.vae, |_| None);
+    ComponentSizes {
+        text_encoder,
+        transformer,
+        vae,
+        transformer_remainder,
+        transformer_max_unit,
+        text_remainder,
+        text_max_unit,
+    }
+}
 
 /// A copy with its own storage (not a view of a weight).
 fn owned(t: &Tensor) -> Result<Tensor> {
@@ -181,6 +199,7 @@ pub struct LtxI2vPipeline {
     weight_bytes: u64,
     /// Parameter handles until [`LtxI2vPipeline::place`] takes them.
     params: Option<ComponentParams>,
+    sizes: ComponentSizes,
     /// Offload modes: where the weights are, switched per stage.
     memory: Option<Mutex<Memory>>,
 }
@@ -326,9 +345,41 @@ impl LtxI2vPipeline {
             opts,
             source,
             weight_bytes: c.weight_bytes,
+            sizes: component_sizes(&c.params),
             params: Some(c.params),
             memory: None,
         }
+    }
+
+    /// Weight bytes of each component and of their streaming units (for the residency
+    /// manager's estimates).
+    pub fn component_sizes(&self) -> ComponentSizes {
+        self.sizes
+    }
+
+    /// The device memory a generation with `p` needs besides weights (see
+    /// [`ltx_offload::budget`] for the formula).
+    pub fn workload(&self, p: &I2vParams) -> Workload {
+        let vcfg = self.vae.config();
+        let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
+        let tokens = ((p.num_frames - 1) / tr + 1) * (p.height / sr) * (p.width / sr);
+        let tcfg = self.transformer.config();
+        Workload::of(&Shape {
+            batch: if p.cfg() { 2 } else { 1 },
+            tokens: tokens as u64,
+            hidden: tcfg.inner_dim() as u64,
+            text_len: p.max_sequence_length as u64,
+            text_hidden: tcfg.caption_channels as u64,
+            frames: p.num_frames as u64,
+            height: p.height as u64,
+            width: p.width as u64,
+            decoder_channels: vcfg
+                .decoder_block_out_channels
+                .first()
+                .copied()
+                .unwrap_or(128) as u64,
+            elem: self.opts.dtype.elt_size_in_bytes() as u64,
+        })
     }
 
     /// Loads with `load` (a folder, a single file, the demo) for `device` in the memory mode

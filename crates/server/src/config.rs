@@ -55,6 +55,12 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_OFFLOAD_PREFETCH", default_value_t = 2)]
     pub ltx_offload_prefetch: usize,
 
+    /// GPU memory the LTX-Video family may use: `auto` (free memory minus 1 GiB), a fraction of
+    /// the device (`0.8`) or a size (`12GiB`). A job whose estimated peak exceeds it runs in a
+    /// more frugal offload mode.
+    #[arg(long, env = "LTX_VRAM_BUDGET", default_value = "auto")]
+    pub ltx_vram_budget: String,
+
     /// A done job's video is kept this many seconds, then deleted (its id then answers 410).
     #[arg(long, env = "LTX_RESULT_MAX_AGE_S", default_value_t = 24 * 3600)]
     pub result_max_age_s: u64,
@@ -103,6 +109,9 @@ impl ServeConfig {
         let bad = |m: String| Err(ServerError::Config(m));
         if self.queue_size == 0 {
             return bad("--queue-size (LTX_QUEUE_SIZE) must be at least 1".into());
+        }
+        if let Err(e) = self.ltx_vram_budget.parse::<ltx_pipelines::BudgetSpec>() {
+            return bad(format!("--ltx-vram-budget (LTX_VRAM_BUDGET): {e}"));
         }
         if self.result_max_age_s == 0 {
             return bad("--result-max-age-s (LTX_RESULT_MAX_AGE_S) must be at least 1".into());

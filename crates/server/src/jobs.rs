@@ -98,11 +98,30 @@ pub struct JobStatus {
     /// The model that serves (or served) the job.
     pub model: String,
     pub seed: u64,
+    /// GPU only: the memory mode the job ran in, and why when it is not the configured one.
+    pub memory: Option<JobMemory>,
     /// Unix seconds after which the result may be deleted (set when the job is done).
     pub expires_at: Option<u64>,
     /// The result was deleted by the retention policy.
     #[serde(default)]
     pub expired: bool,
+}
+
+/// How the residency manager placed a job's weights (GPU only).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobMemory {
+    /// none, model or sequential.
+    pub mode: String,
+    /// Sequential mode: blocks copied ahead.
+    pub prefetch: usize,
+    /// The estimated peak device memory in that mode.
+    pub estimate_bytes: u64,
+    /// The VRAM budget it was checked against.
+    pub budget_bytes: u64,
+    /// Why the mode differs from the configured one.
+    pub reason: Option<String>,
+    /// What the out-of-memory ladder did, if it had to.
+    pub fallback: Option<String>,
 }
 
 /// A validated request, ready for the worker.
@@ -204,6 +223,7 @@ impl JobStore {
             timings: Default::default(),
             model,
             seed: work.params.seed,
+            memory: None,
             expires_at: None,
             expired: false,
         };

@@ -186,6 +186,7 @@ mod tests {
             timings: Default::default(),
             model: "demo".into(),
             seed: 0,
+            memory: None,
             expires_at,
             expired: false,
         }

@@ -94,6 +94,10 @@ impl AppState {
                     mode: config.ltx_offload().into(),
                     prefetch: config.ltx_offload_prefetch,
                 },
+                budget: config
+                    .ltx_vram_budget
+                    .parse()
+                    .map_err(ServerError::Config)?,
                 family: family.clone(),
                 metrics: metrics.clone(),
                 retention: config.retention(),

@@ -10,14 +10,15 @@ use std::time::Instant;
 
 use ltx_gpu::device::ResolvedDevice;
 use ltx_models::ModelError;
+use ltx_pipelines::budget;
 use ltx_pipelines::demo::demo_pipeline;
 use ltx_pipelines::video::write_mp4;
-use ltx_pipelines::{LtxI2vPipeline, MemoryOptions, Progress};
+use ltx_pipelines::{BudgetSpec, LtxI2vPipeline, MemoryOptions, Progress};
 use tch::Kind;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::family::{Family, FamilyState, Unloaded};
-use crate::jobs::{unix_now, Job, JobState, Stage};
+use crate::jobs::{unix_now, Job, JobMemory, JobState, Stage};
 use crate::metrics::Metrics;
 use crate::retention::{self, Retention};
 use crate::ServerError;
@@ -27,6 +28,8 @@ pub struct WorkerConfig {
     pub device: ResolvedDevice,
     /// The offload mode (applied on CUDA; a no-op on the CPU).
     pub memory: MemoryOptions,
+    /// VRAM budget for the residency manager (CUDA only).
+    pub budget: BudgetSpec,
     pub family: Family,
     pub metrics: Arc<Metrics>,
     pub retention: Retention,
@@ -57,16 +60,22 @@ pub fn spawn(cfg: WorkerConfig, queue_size: usize) -> Result<mpsc::Sender<Comman
     Ok(tx)
 }
 
+/// The loaded model and the memory mode it was placed in.
+struct Loaded {
+    pipe: LtxI2vPipeline,
+    mem: MemoryOptions,
+}
+
 fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
-    let mut pipeline: Option<LtxI2vPipeline> = None;
+    let mut pipeline: Option<Loaded> = None;
     while let Some(command) = rx.blocking_recv() {
         match command {
             Command::Run(job) => {
                 let span = tracing::info_span!("job", id = %job.id);
                 let _enter = span.enter();
                 run_one(&cfg, &mut pipeline, &job);
-                if let Some(p) = &pipeline {
-                    report_placement(&cfg, p);
+                if let Some(l) = &pipeline {
+                    report_placement(&cfg, &l.pipe);
                 }
                 release_cache(&cfg.device, "after the job");
             }
@@ -120,7 +129,7 @@ fn release_cache(device: &ResolvedDevice, when: &str) -> u64 {
 }
 
 /// Runs one job to its final state, whatever happens inside.
-fn run_one(cfg: &WorkerConfig, pipeline: &mut Option<LtxI2vPipeline>, job: &Job) {
+fn run_one(cfg: &WorkerConfig, pipeline: &mut Option<Loaded>, job: &Job) {
     let mut timer = StageTimer::new(&cfg.metrics);
     // A panic inside libtorch bindings fails this job, not the worker.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -219,17 +228,21 @@ impl<'a> StageTimer<'a> {
     }
 }
 
-fn load(cfg: &WorkerConfig, max_sequence_length: usize) -> Result<LtxI2vPipeline, ModelError> {
+fn load(
+    cfg: &WorkerConfig,
+    mem: MemoryOptions,
+    max_sequence_length: usize,
+) -> Result<Loaded, ModelError> {
     let device = cfg.device.tch_device();
     let dtype = if device == tch::Device::Cpu {
         Kind::Float
     } else {
         Kind::BFloat16
     };
-    tracing::info!(model = %model_description(cfg.model.as_deref()), ?device, mode = %cfg.memory.mode, "loading LTX-Video");
+    tracing::info!(model = %model_description(cfg.model.as_deref()), ?device, mode = %mem.mode, prefetch = mem.prefetch, "loading LTX-Video");
     let t0 = Instant::now();
     cfg.family.update(|f| f.state = FamilyState::Loading);
-    let loaded = LtxI2vPipeline::load_placed(device, dtype, cfg.memory, |opts| match &cfg.model {
+    let loaded = LtxI2vPipeline::load_placed(device, dtype, mem, |opts| match &cfg.model {
         Some(dir) => LtxI2vPipeline::load(dir, opts, max_sequence_length),
         None => demo_pipeline(opts, max_sequence_length),
     })?;
@@ -244,7 +257,31 @@ fn load(cfg: &WorkerConfig, max_sequence_length: usize) -> Result<LtxI2vPipeline
         seconds = secs,
         "LTX-Video loaded"
     );
-    Ok(loaded)
+    Ok(Loaded { pipe: loaded, mem })
+}
+
+fn is_out_of_memory(e: &ModelError) -> bool {
+    e.to_string().contains("out of memory")
+}
+
+/// GPU only: the mode this job should run in, given the budget and the loaded model's sizes.
+fn decide(
+    cfg: &WorkerConfig,
+    pipe: &LtxI2vPipeline,
+    params: &ltx_pipelines::I2vParams,
+) -> Option<budget::Decision> {
+    let ResolvedDevice::Cuda(d) = &cfg.device else {
+        return None;
+    };
+    let (free, total) = d.mem_info().ok()?;
+    let reserved = d.memory_stats().map_or(0, |m| m.reserved_bytes);
+    let budget_bytes = cfg.budget.bytes(free as u64, total as u64, reserved);
+    Some(budget::choose(
+        &pipe.workload(params),
+        &pipe.component_sizes(),
+        (cfg.memory.mode, cfg.memory.prefetch),
+        budget_bytes,
+    ))
 }
 
 /// Where the loaded model's weights are now, into the family report.
@@ -264,7 +301,7 @@ fn report_placement(cfg: &WorkerConfig, pipe: &LtxI2vPipeline) {
 /// `Ok(None)`: the job had been cancelled while queued.
 fn run_job(
     cfg: &WorkerConfig,
-    pipeline: &mut Option<LtxI2vPipeline>,
+    pipeline: &mut Option<Loaded>,
     job: &Job,
     timer: &mut StageTimer<'_>,
 ) -> Result<Option<()>, Failure> {
@@ -279,28 +316,110 @@ fn run_job(
     if job.cancel_requested() {
         return Err(Failure::Cancelled);
     }
-    let pipe = match pipeline {
-        Some(p) => p,
-        None => {
-            timer.enter(job, Stage::Loading);
-            pipeline.insert(load(cfg, work.params.max_sequence_length)?)
-        }
-    };
-    let mut progress = |p: Progress| match p {
-        Progress::EncodingText => timer.enter(job, Stage::EncodingText),
-        Progress::EncodingImage => timer.enter(job, Stage::EncodingImage),
-        Progress::Denoising { step, total } => {
-            timer.enter(job, Stage::Denoising);
+    let msl = work.params.max_sequence_length;
+    if pipeline.is_none() {
+        timer.enter(job, Stage::Loading);
+        *pipeline = Some(load(cfg, cfg.memory, msl)?);
+    }
+    // The residency manager (GPU): a job that would not fit runs in a more frugal mode.
+    if let Some(loaded) = pipeline.as_ref() {
+        if let Some(d) = decide(cfg, &loaded.pipe, &work.params) {
+            let want = MemoryOptions {
+                mode: d.mode,
+                prefetch: d.prefetch,
+            };
+            if let Some(why) = &d.reason {
+                tracing::info!("residency: {why}");
+            }
+            if want != loaded.mem {
+                *pipeline = None;
+                release_cache(&cfg.device, "before re-placing the model");
+                timer.enter(job, Stage::Loading);
+                *pipeline = Some(load(cfg, want, msl)?);
+            }
             job.update(|s| {
-                s.step = step;
-                s.total_steps = total;
+                s.memory = Some(JobMemory {
+                    mode: d.mode.to_string(),
+                    prefetch: d.prefetch,
+                    estimate_bytes: d.estimate_bytes,
+                    budget_bytes: d.budget_bytes,
+                    reason: d.reason.clone(),
+                    fallback: None,
+                })
             });
         }
-        Progress::Decoding => timer.enter(job, Stage::Decoding),
+    }
+    let mut retried = false;
+    let frames = loop {
+        let Some(loaded) = pipeline.as_ref() else {
+            return Err(Failure::Failed("the model is not loaded".into()));
+        };
+        let mut progress = |p: Progress| match p {
+            Progress::EncodingText => timer.enter(job, Stage::EncodingText),
+            Progress::EncodingImage => timer.enter(job, Stage::EncodingImage),
+            Progress::Denoising { step, total } => {
+                timer.enter(job, Stage::Denoising);
+                job.update(|s| {
+                    s.step = step;
+                    s.total_steps = total;
+                });
+            }
+            Progress::Decoding => timer.enter(job, Stage::Decoding),
+        };
+        let out =
+            loaded
+                .pipe
+                .generate_cancellable(&work.image, &work.params, &mut progress, &|| {
+                    job.cancel_requested()
+                });
+        match out {
+            Ok(frames) => break frames,
+            // The out-of-memory ladder (GPU): free everything, one retry one rung down.
+            Err(e) if matches!(cfg.device, ResolvedDevice::Cuda(_)) && is_out_of_memory(&e) => {
+                let from = loaded.mem;
+                let next = budget::more_frugal(from.mode, from.prefetch);
+                let (Some((mode, prefetch)), false) = (next, retried) else {
+                    return Err(Failure::Failed(format!(
+                        "CUDA out of memory in {} offload (prefetch {}), {}: {e}. Lower the \
+                         resolution or the frame count.",
+                        from.mode,
+                        from.prefetch,
+                        if retried {
+                            "after one fallback"
+                        } else {
+                            "the most frugal mode"
+                        }
+                    )));
+                };
+                retried = true;
+                let note = format!(
+                    "CUDA out of memory in {} (prefetch {}): retried in {mode} (prefetch {prefetch})",
+                    from.mode, from.prefetch
+                );
+                tracing::warn!("{note}");
+                *pipeline = None;
+                release_cache(&cfg.device, "after running out of memory");
+                timer.enter(job, Stage::Loading);
+                let want = MemoryOptions { mode, prefetch };
+                *pipeline = Some(load(cfg, want, msl)?);
+                job.update(|s| {
+                    let m = s.memory.get_or_insert(JobMemory {
+                        mode: String::new(),
+                        prefetch: 0,
+                        estimate_bytes: 0,
+                        budget_bytes: 0,
+                        reason: None,
+                        fallback: None,
+                    });
+                    m.mode = mode.to_string();
+                    m.prefetch = prefetch;
+                    m.fallback = Some(note.clone());
+                    s.step = 0;
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
-    let frames = pipe.generate_cancellable(&work.image, &work.params, &mut progress, &|| {
-        job.cancel_requested()
-    })?;
     timer.enter(job, Stage::WritingVideo);
     let frames = frames
         .f_to_device(tch::Device::Cpu)

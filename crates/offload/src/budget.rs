@@ -1,0 +1,372 @@
+//! The residency manager's arithmetic: a VRAM budget, an estimate of a job's peak device memory
+//! in each mode, and the choice of the mode to run it in. Also the out-of-memory ladder.
+//!
+//! **Peak estimate.** A generation's peak is the largest over its stages of (weights on the
+//! device during that stage + that stage's activations):
+//!
+//! - weights per mode — `none`: all components; `model`: the stage's component alone;
+//!   `sequential`: the streamed component's remainder + (k+1) of its largest unit, other
+//!   components as in `model`;
+//! - transformer activations (one denoising step, SDPA attention, so memory linear in tokens):
+//!   `B·S·D·e · 14` — the residual stream, q/k/v, the attention output, the 4·D feed-forward
+//!   hidden state before and after GELU (2·4), with B the batch (2 with CFG), S latent tokens,
+//!   D the hidden size and e bytes per element — plus the step's latents in float32;
+//! - text encoder: `B·L·d_model·e · 8` (same structure at sequence length L);
+//! - VAE decode: `4 · C·F·H·W · e` at the decoder's widest stage after upsampling — the
+//!   output-resolution stage with the last channel count (`decoder_block_out_channels[0]`),
+//!   four tensors alive around a residual block — plus the output video in float32.
+//!
+//! The factors are from the structure of the computation; `ltx-i2v bench offload` prints the
+//! transformer estimate beside the measured peak so they can be checked on a GPU.
+
+use serde::Serialize;
+
+use crate::OffloadMode;
+
+/// Bytes a stage needs on the device besides weights.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Workload {
+    pub text_activations: u64,
+    pub transformer_activations: u64,
+    pub decode_activations: u64,
+}
+
+/// Weight bytes of each component and of their streaming parts.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ComponentSizes {
+    pub text_encoder: u64,
+    pub transformer: u64,
+    pub vae: u64,
+    /// Sequential mode: the transformer's always-resident remainder and largest unit.
+    pub transformer_remainder: u64,
+    pub transformer_max_unit: u64,
+    pub text_remainder: u64,
+    pub text_max_unit: u64,
+}
+
+/// Shapes behind [`Workload`].
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Batch through the transformer (2 with classifier-free guidance).
+    pub batch: u64,
+    /// Latent tokens (latent frames × rows × columns).
+    pub tokens: u64,
+    pub hidden: u64,
+    pub text_len: u64,
+    pub text_hidden: u64,
+    /// Output frames, height, width.
+    pub frames: u64,
+    pub height: u64,
+    pub width: u64,
+    /// Channels of the decoder's last (full-resolution) stage.
+    pub decoder_channels: u64,
+    /// Bytes per element of weights and activations (2 for bf16).
+    pub elem: u64,
+}
+
+impl Workload {
+    pub fn of(s: &Shape) -> Self {
+        let tr = s.batch * s.tokens * s.hidden * s.elem * 14 + s.tokens * s.hidden * 4;
+        let text = s.batch * s.text_len * s.text_hidden * s.elem * 8;
+        let pixels = s.frames * s.height * s.width;
+        let decode = 4 * s.decoder_channels * pixels * s.elem + 3 * pixels * 4;
+        Self {
+            text_activations: text,
+            transformer_activations: tr,
+            decode_activations: decode,
+        }
+    }
+}
+
+/// Peak device bytes of a generation in `mode` with prefetch `k`.
+pub fn estimate_peak(w: &Workload, c: &ComponentSizes, mode: OffloadMode, k: usize) -> u64 {
+    let slots = k as u64 + 1;
+    let (text_w, tr_w, vae_w) = match mode {
+        OffloadMode::None => {
+            let all = c.text_encoder + c.transformer + c.vae;
+            (all, all, all)
+        }
+        OffloadMode::Model => (c.text_encoder, c.transformer, c.vae),
+        OffloadMode::Sequential => (
+            c.text_remainder + slots * c.text_max_unit,
+            c.transformer_remainder + slots * c.transformer_max_unit,
+            c.vae,
+        ),
+    };
+    (text_w + w.text_activations)
+        .max(tr_w + w.transformer_activations)
+        .max(vae_w + w.decode_activations)
+}
+
+/// The modes from the most to the least device memory, with sequential's prefetch depths.
+pub fn ladder(prefetch: usize) -> Vec<(OffloadMode, usize)> {
+    let mut l = vec![
+        (OffloadMode::None, prefetch),
+        (OffloadMode::Model, prefetch),
+    ];
+    let mut k = prefetch;
+    loop {
+        l.push((OffloadMode::Sequential, k));
+        if k == 0 {
+            break;
+        }
+        k /= 2;
+    }
+    l
+}
+
+/// The next more frugal rung after `(mode, k)`, if any (the out-of-memory ladder).
+pub fn more_frugal(mode: OffloadMode, k: usize) -> Option<(OffloadMode, usize)> {
+    match mode {
+        OffloadMode::None => Some((OffloadMode::Model, k)),
+        OffloadMode::Model => Some((OffloadMode::Sequential, k)),
+        OffloadMode::Sequential if k > 0 => Some((OffloadMode::Sequential, k / 2)),
+        OffloadMode::Sequential => None,
+    }
+}
+
+/// What the residency manager decided for a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub mode: OffloadMode,
+    pub prefetch: usize,
+    pub estimate_bytes: u64,
+    pub budget_bytes: u64,
+    /// Why it differs from the configured mode, when it does.
+    pub reason: Option<String>,
+}
+
+/// The configured `(mode, k)` if its estimate fits `budget`, else the first more frugal rung
+/// that fits, else the most frugal one (which may still fail; the ladder then reports it).
+pub fn choose(
+    w: &Workload,
+    c: &ComponentSizes,
+    configured: (OffloadMode, usize),
+    budget: u64,
+) -> Decision {
+    let fits = |(m, k): (OffloadMode, usize)| estimate_peak(w, c, m, k) <= budget;
+    let rungs = ladder(configured.1);
+    let start = rungs.iter().position(|r| *r == configured).unwrap_or(0);
+    let pick = rungs[start..]
+        .iter()
+        .copied()
+        .find(|r| fits(*r))
+        .unwrap_or(*rungs.last().unwrap_or(&configured));
+    let estimate = estimate_peak(w, c, pick.0, pick.1);
+    let reason = (pick != configured).then(|| {
+        format!(
+            "{} (prefetch {}) needs about {:.2} GB, over the {:.2} GB budget: using {} (prefetch {}, about {:.2} GB)",
+            configured.0,
+            configured.1,
+            estimate_peak(w, c, configured.0, configured.1) as f64 / 1e9,
+            budget as f64 / 1e9,
+            pick.0,
+            pick.1,
+            estimate as f64 / 1e9
+        )
+    });
+    Decision {
+        mode: pick.0,
+        prefetch: pick.1,
+        estimate_bytes: estimate,
+        budget_bytes: budget,
+        reason,
+    }
+}
+
+/// A VRAM budget: bytes, or a fraction of the device's total, or `auto` (free memory as the
+/// driver reports it, plus what torch's allocator already holds, minus a margin).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BudgetSpec {
+    Auto,
+    Bytes(u64),
+    Fraction(f64),
+}
+
+/// What `auto` leaves unused: the CUDA context, cuBLAS workspaces, fragmentation.
+pub const AUTO_MARGIN: u64 = 1 << 30;
+
+impl BudgetSpec {
+    /// `free`, `total`: the driver's figures; `reserved`: torch's caching allocator's.
+    pub fn bytes(&self, free: u64, total: u64, reserved: u64) -> u64 {
+        match *self {
+            Self::Auto => (free + reserved).saturating_sub(AUTO_MARGIN),
+            Self::Bytes(b) => b,
+            Self::Fraction(f) => (total as f64 * f) as u64,
+        }
+    }
+}
+
+impl std::str::FromStr for BudgetSpec {
+    type Err = String;
+
+    /// `auto`, a fraction in (0, 1] (`0.9`), or bytes with an optional unit (`12GiB`,
+    /// `8000MB`, `1073741824`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        let bad = || {
+            format!("VRAM budget {s:?}: expected auto, a fraction in (0, 1] or a size like 12GiB")
+        };
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" if num.contains('.') => {
+                return if n > 0.0 && n <= 1.0 {
+                    Ok(Self::Fraction(n))
+                } else {
+                    Err(bad())
+                }
+            }
+            "" | "b" => 1.0,
+            "kb" => 1e3,
+            "mb" => 1e6,
+            "gb" => 1e9,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            _ => return Err(bad()),
+        };
+        if !(n.is_finite() && n > 0.0) {
+            return Err(bad());
+        }
+        Ok(Self::Bytes((n * mult) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> ComponentSizes {
+        // LTX-2B-like: T5-XXL 9.5 GB, transformer 3.8 GB (28 blocks), VAE 0.8 GB, bf16.
+        ComponentSizes {
+            text_encoder: 9_500_000_000,
+            transformer: 3_800_000_000,
+            vae: 800_000_000,
+            transformer_remainder: 100_000_000,
+            transformer_max_unit: 132_000_000,
+            text_remainder: 260_000_000,
+            text_max_unit: 385_000_000,
+        }
+    }
+
+    fn shape() -> Shape {
+        Shape {
+            batch: 2,
+            tokens: 6144,
+            hidden: 2048,
+            text_len: 128,
+            text_hidden: 4096,
+            frames: 121,
+            height: 512,
+            width: 768,
+            decoder_channels: 128,
+            elem: 2,
+        }
+    }
+
+    #[test]
+    fn modes_order_by_peak() {
+        let w = Workload::of(&shape());
+        let c = sizes();
+        let none = estimate_peak(&w, &c, OffloadMode::None, 2);
+        let model = estimate_peak(&w, &c, OffloadMode::Model, 2);
+        let seq2 = estimate_peak(&w, &c, OffloadMode::Sequential, 2);
+        let seq0 = estimate_peak(&w, &c, OffloadMode::Sequential, 0);
+        assert!(
+            none > model && model >= seq2 && seq2 >= seq0,
+            "{none} {model} {seq2} {seq0}"
+        );
+        // Untiled, the full-resolution decode dominates every frugal mode.
+        assert_eq!(model, c.vae + w.decode_activations);
+        // With a small decode (tiled), the streamed modes are strictly smaller.
+        let tiled = Workload {
+            decode_activations: 100_000_000,
+            ..w
+        };
+        let m = estimate_peak(&tiled, &c, OffloadMode::Model, 2);
+        let s2 = estimate_peak(&tiled, &c, OffloadMode::Sequential, 2);
+        let s0 = estimate_peak(&tiled, &c, OffloadMode::Sequential, 0);
+        assert!(m > s2 && s2 > s0, "{m} {s2} {s0}");
+        // model: the biggest component (T5) with its activations, or the decode.
+        assert!(model >= c.text_encoder + w.text_activations);
+        // The transformer step's activations: 14·B·S·D·e + float32 latents.
+        assert_eq!(
+            w.transformer_activations,
+            14 * 2 * 6144 * 2048 * 2 + 6144 * 2048 * 4
+        );
+    }
+
+    #[test]
+    fn choose_keeps_what_fits_and_steps_down_otherwise() {
+        let w = Workload {
+            decode_activations: 1 << 30,
+            ..Workload::of(&shape())
+        };
+        let c = sizes();
+        let big = choose(&w, &c, (OffloadMode::None, 2), 80_000_000_000);
+        assert_eq!((big.mode, big.reason.is_none()), (OffloadMode::None, true));
+        let model_peak = estimate_peak(&w, &c, OffloadMode::Model, 2);
+        let d = choose(&w, &c, (OffloadMode::None, 2), model_peak);
+        assert_eq!(d.mode, OffloadMode::Model);
+        assert!(d.reason.unwrap().contains("over the"));
+        let d = choose(&w, &c, (OffloadMode::None, 2), model_peak - 1);
+        assert_eq!(d.mode, OffloadMode::Sequential);
+        // Nothing fits: the most frugal rung, said so.
+        let d = choose(&w, &c, (OffloadMode::Model, 2), 1);
+        assert_eq!((d.mode, d.prefetch), (OffloadMode::Sequential, 0));
+        // A configured frugal mode is never made less frugal.
+        let d = choose(&w, &c, (OffloadMode::Sequential, 1), u64::MAX);
+        assert_eq!((d.mode, d.prefetch), (OffloadMode::Sequential, 1));
+    }
+
+    #[test]
+    fn the_ladder_goes_down_to_sequential_without_prefetch() {
+        assert_eq!(
+            more_frugal(OffloadMode::None, 2),
+            Some((OffloadMode::Model, 2))
+        );
+        assert_eq!(
+            more_frugal(OffloadMode::Model, 2),
+            Some((OffloadMode::Sequential, 2))
+        );
+        assert_eq!(
+            more_frugal(OffloadMode::Sequential, 2),
+            Some((OffloadMode::Sequential, 1))
+        );
+        assert_eq!(more_frugal(OffloadMode::Sequential, 0), None);
+        assert_eq!(
+            ladder(4),
+            vec![
+                (OffloadMode::None, 4),
+                (OffloadMode::Model, 4),
+                (OffloadMode::Sequential, 4),
+                (OffloadMode::Sequential, 2),
+                (OffloadMode::Sequential, 1),
+                (OffloadMode::Sequential, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn budgets_parse_and_resolve() {
+        use BudgetSpec::*;
+        assert_eq!("auto".parse(), Ok(Auto));
+        assert_eq!("0.8".parse(), Ok(Fraction(0.8)));
+        assert_eq!("12GiB".parse(), Ok(Bytes(12 << 30)));
+        assert_eq!("8000 MB".parse(), Ok(Bytes(8_000_000_000)));
+        assert_eq!("1073741824".parse(), Ok(Bytes(1 << 30)));
+        for bad in ["", "1.5", "-3GB", "12 parsecs", "0.0"] {
+            assert!(bad.parse::<BudgetSpec>().is_err(), "{bad}");
+        }
+        assert_eq!(Fraction(0.5).bytes(0, 16 << 30, 0), 8 << 30);
+        assert_eq!(Auto.bytes(10 << 30, 16 << 30, 2 << 30), 11 << 30);
+        assert_eq!(Auto.bytes(100, 16 << 30, 0), 0);
+    }
+}
