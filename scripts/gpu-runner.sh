@@ -69,7 +69,7 @@ if os.path.exists(off):
     for s in o["streamer_gbs"]:
         rows.append(("bench", f"offload/streamer_h2d/k={s['prefetch']}", f"{s['gbs']:.1f} GB/s ({100 * s['gbs'] / o['raw_h2d_gbs']:.0f}% of raw)"))
     for r in o["rows"]:
-        rows.append(("bench", f"offload/step/{r['mode']}", f"{r['seconds']:.3f} s, peak {r['peak_bytes'] / 1e9:.2f} GB, weights on GPU {r['weight_bytes_on_gpu'] / 1e9:.2f} GB {r['note']}"))
+        rows.append(("bench", f"offload/step/{r['mode']}", f"{r['seconds']:.3f} s, peak {r['peak_bytes'] / 1e9:.2f} GB (estimate {r['estimate_bytes'] / 1e9:.2f}), weights on GPU {r['weight_bytes_on_gpu'] / 1e9:.2f} GB {r['note']}"))
 else:
     log = open(os.path.join(results, "offload.txt")).read()
     rows.append(("bench", "offload", "skipped (no CUDA device)" if "skipped: no CUDA device" in log else "NO RESULTS: see offload.txt"))

@@ -57,6 +57,9 @@ struct Row {
     mode: String,
     seconds: f64,
     peak_bytes: u64,
+    /// The residency manager's estimate of this step's peak (weights on the GPU + the step's
+    /// activations), to check the formula against the measured peak.
+    estimate_bytes: u64,
     weight_bytes_on_gpu: u64,
     note: String,
 }
@@ -176,6 +179,19 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
         drop(out);
         Ok(())
     };
+    let act = ltx_offload::budget::Workload::of(&ltx_offload::budget::Shape {
+        batch: bs as u64,
+        tokens: s as u64,
+        hidden: b.dim as u64,
+        text_len: 128,
+        text_hidden: 4096,
+        frames: 1,
+        height: 1,
+        width: 1,
+        decoder_channels: 1,
+        elem: 2,
+    })
+    .transformer_activations;
     let peak = |d: &CudaDevice| {
         d.memory_stats()
             .map(|m| m.peak_allocated_bytes)
@@ -200,6 +216,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
         mode: "none (resident)".into(),
         seconds: secs,
         peak_bytes: peak(&dev),
+        estimate_bytes: weights.device_bytes() + act,
         weight_bytes_on_gpu: weights.device_bytes(),
         note: String::new(),
     });
@@ -220,6 +237,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
         mode: "model".into(),
         seconds: secs,
         peak_bytes: peak(&dev),
+        estimate_bytes: weights.device_bytes() + act,
         weight_bytes_on_gpu: weights.device_bytes(),
         note: format!(
             "+ {onload:.3} s onload per generation ({:.1} GB/s)",
@@ -251,6 +269,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
             mode: format!("sequential k={k}"),
             seconds: secs,
             peak_bytes: peak(&dev),
+            estimate_bytes: streamer.device_bytes() + act,
             weight_bytes_on_gpu: streamer.device_bytes(),
             note: format!(
                 "{:.2}x resident; ring copies alone {:.1} GB/s",
@@ -270,6 +289,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
     let pageable =
         OffloadedWeights::with_pinning(handles, ltx_transformer_unit, device, CHUNK_BYTES, false)?;
     let mut pageable = pageable;
+    let max_unit = pageable.max_unit_bytes() as u64;
     let remainder = pageable.onload_remainder(device)?;
     model.set_block_hooks(Some(Arc::new(SyncCopyHooks::new(pageable, device))));
     dev.empty_cache()?;
@@ -279,6 +299,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
         mode: "naive sync per-block copy".into(),
         seconds: secs,
         peak_bytes: peak(&dev),
+        estimate_bytes: remainder.numel() as u64 + max_unit + act,
         weight_bytes_on_gpu: remainder.numel() as u64,
         note: format!(
             "{:.2}x resident (accelerate-style baseline)",
@@ -288,15 +309,16 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<28} {:>10} {:>12} {:>16}  note",
-        "mode", "step s", "peak GB", "weights on GPU"
+        "{:<28} {:>10} {:>10} {:>12} {:>16}  note",
+        "mode", "step s", "peak GB", "estimate GB", "weights on GPU"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>10.3} {:>12.2} {:>13.2} GB  {}",
+            "{:<28} {:>10.3} {:>10.2} {:>12.2} {:>13.2} GB  {}",
             r.mode,
             r.seconds,
             gb(r.peak_bytes),
+            gb(r.estimate_bytes),
             gb(r.weight_bytes_on_gpu),
             r.note
         );
@@ -318,6 +340,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
             "streamer_gbs": stream_gbs.iter().map(|(k, g)| json!({"prefetch": k, "gbs": g})).collect::<Vec<_>>(),
             "rows": rows.iter().map(|r| json!({
                 "mode": r.mode, "seconds": r.seconds, "peak_bytes": r.peak_bytes,
+                "estimate_bytes": r.estimate_bytes,
                 "weight_bytes_on_gpu": r.weight_bytes_on_gpu, "note": r.note,
             })).collect::<Vec<_>>(),
         });
