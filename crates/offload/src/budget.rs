@@ -125,6 +125,59 @@ pub fn more_frugal(mode: OffloadMode, k: usize) -> Option<(OffloadMode, usize)> 
     }
 }
 
+/// Why [`run_with_ladder`] gave up.
+#[derive(Debug)]
+pub enum LadderError<E> {
+    /// An error that is not an out-of-memory: returned as it is.
+    Other(E),
+    /// Out of memory in the most frugal rung, or again after the one retry.
+    OutOfMemory {
+        mode: OffloadMode,
+        prefetch: usize,
+        retried: bool,
+        error: E,
+    },
+}
+
+/// Runs `attempt(mode, prefetch, is_retry)` in `start`; after an out-of-memory error (as
+/// `is_oom` tells) it retries once in the next more frugal rung — `attempt` is expected to
+/// re-place the model for it when `is_retry`. Returns the value and, when it retried, a note
+/// saying what it did.
+pub fn run_with_ladder<T, E: std::fmt::Display>(
+    start: (OffloadMode, usize),
+    mut attempt: impl FnMut(OffloadMode, usize, bool) -> Result<T, E>,
+    is_oom: impl Fn(&E) -> bool,
+) -> Result<(T, Option<String>), LadderError<E>> {
+    let (mode, k) = start;
+    let error = match attempt(mode, k, false) {
+        Ok(v) => return Ok((v, None)),
+        Err(e) if is_oom(&e) => e,
+        Err(e) => return Err(LadderError::Other(e)),
+    };
+    let Some((m2, k2)) = more_frugal(mode, k) else {
+        return Err(LadderError::OutOfMemory {
+            mode,
+            prefetch: k,
+            retried: false,
+            error,
+        });
+    };
+    let note = format!(
+        "out of memory in {mode} (prefetch {k}): retried in {m2} (prefetch {k2}) [{error}]"
+    );
+    tracing::warn!("{note}");
+    match attempt(m2, k2, true) {
+        Ok(v) => Ok((v, Some(note))),
+        Err(e) if is_oom(&e) => Err(LadderError::OutOfMemory {
+            mode: m2,
+            prefetch: k2,
+            retried: true,
+            error: e,
+        }),
+        Err(e) => Err(LadderError::Other(e)),
+    }
+}
+
 /// What the residency manager decided for a job.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
@@ -352,6 +405,69 @@ mod tests {
                 (OffloadMode::Sequential, 0)
             ]
         );
+    }
+
+    #[test]
+    fn the_ladder_retries_once_a_rung_down_and_only_for_out_of_memory() {
+        let oom = |e: &String| e.contains("out of memory");
+        // Fails in none, succeeds in model.
+        let mut tried = Vec::new();
+        let (v, note) = run_with_ladder(
+            (OffloadMode::None, 2),
+            |m, k, retry| {
+                tried.push((m, k, retry));
+                if m == OffloadMode::None {
+                    Err("CUDA out of memory. Tried to allocate 2.00 GiB".to_string())
+                } else {
+                    Ok(7)
+                }
+            },
+            oom,
+        )
+        .unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(
+            tried,
+            vec![(OffloadMode::None, 2, false), (OffloadMode::Model, 2, true)]
+        );
+        assert!(note.unwrap().contains("retried in model"));
+        // Out of memory twice: one retry only.
+        let r = run_with_ladder::<(), _>(
+            (OffloadMode::Model, 2),
+            |_, _, _| Err("out of memory".to_string()),
+            oom,
+        );
+        assert!(matches!(
+            r,
+            Err(LadderError::OutOfMemory {
+                mode: OffloadMode::Sequential,
+                prefetch: 2,
+                retried: true,
+                ..
+            })
+        ));
+        // Nothing below sequential without prefetch.
+        let r = run_with_ladder::<(), _>(
+            (OffloadMode::Sequential, 0),
+            |_, _, _| Err("out of memory".to_string()),
+            oom,
+        );
+        assert!(matches!(
+            r,
+            Err(LadderError::OutOfMemory { retried: false, .. })
+        ));
+        // Other errors pass through untouched, without a retry.
+        let mut calls = 0;
+        let r = run_with_ladder::<(), _>(
+            (OffloadMode::None, 2),
+            |_, _, _| {
+                calls += 1;
+                Err("shape mismatch".to_string())
+            },
+            oom,
+        );
+        assert!(matches!(r, Err(LadderError::Other(e)) if e == "shape mismatch"));
+        assert_eq!(calls, 1);
     }
 
     #[test]

@@ -154,3 +154,60 @@ fn model_and_sequential_offload_give_the_resident_video() {
             .is_err());
     }
 }
+
+#[test]
+fn an_injected_out_of_memory_is_retried_one_rung_down_with_the_same_video() {
+    use ltx_models::ModelError;
+    use ltx_pipelines::budget::run_with_ladder;
+    use ltx_pipelines::{MemoryOptions, OffloadMode};
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    };
+    let image = RgbImage {
+        width: 32,
+        height: 32,
+        data: vec![90; 32 * 32 * 3],
+    };
+    let p = I2vParams {
+        prompt: "x".into(),
+        height: 32,
+        width: 32,
+        num_frames: 9,
+        steps: 2,
+        seed: 3,
+        ..I2vParams::default()
+    };
+    let want = demo_pipeline(opts, 128)
+        .unwrap()
+        .generate(&image, &p, &mut |_| {})
+        .unwrap();
+    let mut modes = Vec::new();
+    let (got, note) = run_with_ladder(
+        (OffloadMode::Model, 1),
+        |mode, prefetch, retry| -> Result<tch::Tensor, ModelError> {
+            modes.push((mode, prefetch, retry));
+            let mut pipe = demo_pipeline(opts, 128)?;
+            pipe.place(Device::Cpu, MemoryOptions { mode, prefetch })?;
+            if !retry {
+                // The allocation failure, injected where the generation would have hit it.
+                return Err(ModelError::Memory(
+                    "CUDA out of memory. Tried to allocate 20.00 GiB (injected)".into(),
+                ));
+            }
+            pipe.generate(&image, &p, &mut |_| {})
+        },
+        |e| e.to_string().contains("out of memory"),
+    )
+    .unwrap();
+    assert_eq!(
+        modes,
+        vec![
+            (OffloadMode::Model, 1, false),
+            (OffloadMode::Sequential, 1, true)
+        ]
+    );
+    assert!(note.unwrap().contains("retried in sequential"));
+    assert!(got.equal(&want));
+}

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use ltx_gpu::device::ResolvedDevice;
 use ltx_models::ModelError;
-use ltx_pipelines::budget;
+use ltx_pipelines::budget::{self, LadderError};
 use ltx_pipelines::demo::demo_pipeline;
 use ltx_pipelines::video::write_mp4;
 use ltx_pipelines::{BudgetSpec, LtxI2vPipeline, MemoryOptions, Progress};
@@ -349,75 +349,83 @@ fn run_job(
             });
         }
     }
-    let mut retried = false;
-    let frames = loop {
-        let Some(loaded) = pipeline.as_ref() else {
-            return Err(Failure::Failed("the model is not loaded".into()));
-        };
-        let mut progress = |p: Progress| match p {
-            Progress::EncodingText => timer.enter(job, Stage::EncodingText),
-            Progress::EncodingImage => timer.enter(job, Stage::EncodingImage),
-            Progress::Denoising { step, total } => {
-                timer.enter(job, Stage::Denoising);
-                job.update(|s| {
-                    s.step = step;
-                    s.total_steps = total;
-                });
+    let on_cuda = matches!(cfg.device, ResolvedDevice::Cuda(_));
+    let start = pipeline
+        .as_ref()
+        .map(|l| (l.mem.mode, l.mem.prefetch))
+        .ok_or_else(|| Failure::Failed("the model is not loaded".into()))?;
+    // The out-of-memory ladder (GPU): after a CUDA out-of-memory everything the attempt held
+    // is freed, the model re-placed one rung down, and the job retried once.
+    let outcome = budget::run_with_ladder(
+        start,
+        |mode, prefetch, retry| -> Result<tch::Tensor, ModelError> {
+            if retry {
+                *pipeline = None;
+                release_cache(&cfg.device, "after running out of memory");
+                timer.enter(job, Stage::Loading);
+                job.update(|s| s.step = 0);
+                *pipeline = Some(load(cfg, MemoryOptions { mode, prefetch }, msl)?);
             }
-            Progress::Decoding => timer.enter(job, Stage::Decoding),
-        };
-        let out =
+            let loaded = pipeline
+                .as_ref()
+                .ok_or_else(|| ModelError::Memory("the model is not loaded".into()))?;
+            let mut progress = |p: Progress| match p {
+                Progress::EncodingText => timer.enter(job, Stage::EncodingText),
+                Progress::EncodingImage => timer.enter(job, Stage::EncodingImage),
+                Progress::Denoising { step, total } => {
+                    timer.enter(job, Stage::Denoising);
+                    job.update(|s| {
+                        s.step = step;
+                        s.total_steps = total;
+                    });
+                }
+                Progress::Decoding => timer.enter(job, Stage::Decoding),
+            };
             loaded
                 .pipe
                 .generate_cancellable(&work.image, &work.params, &mut progress, &|| {
                     job.cancel_requested()
+                })
+        },
+        |e| on_cuda && is_out_of_memory(e),
+    );
+    let frames = match outcome {
+        Ok((frames, None)) => frames,
+        Ok((frames, Some(note))) => {
+            let mem = pipeline.as_ref().map(|l| l.mem);
+            job.update(|s| {
+                let m = s.memory.get_or_insert(JobMemory {
+                    mode: String::new(),
+                    prefetch: 0,
+                    estimate_bytes: 0,
+                    budget_bytes: 0,
+                    reason: None,
+                    fallback: None,
                 });
-        match out {
-            Ok(frames) => break frames,
-            // The out-of-memory ladder (GPU): free everything, one retry one rung down.
-            Err(e) if matches!(cfg.device, ResolvedDevice::Cuda(_)) && is_out_of_memory(&e) => {
-                let from = loaded.mem;
-                let next = budget::more_frugal(from.mode, from.prefetch);
-                let (Some((mode, prefetch)), false) = (next, retried) else {
-                    return Err(Failure::Failed(format!(
-                        "CUDA out of memory in {} offload (prefetch {}), {}: {e}. Lower the \
-                         resolution or the frame count.",
-                        from.mode,
-                        from.prefetch,
-                        if retried {
-                            "after one fallback"
-                        } else {
-                            "the most frugal mode"
-                        }
-                    )));
-                };
-                retried = true;
-                let note = format!(
-                    "CUDA out of memory in {} (prefetch {}): retried in {mode} (prefetch {prefetch})",
-                    from.mode, from.prefetch
-                );
-                tracing::warn!("{note}");
-                *pipeline = None;
-                release_cache(&cfg.device, "after running out of memory");
-                timer.enter(job, Stage::Loading);
-                let want = MemoryOptions { mode, prefetch };
-                *pipeline = Some(load(cfg, want, msl)?);
-                job.update(|s| {
-                    let m = s.memory.get_or_insert(JobMemory {
-                        mode: String::new(),
-                        prefetch: 0,
-                        estimate_bytes: 0,
-                        budget_bytes: 0,
-                        reason: None,
-                        fallback: None,
-                    });
-                    m.mode = mode.to_string();
-                    m.prefetch = prefetch;
-                    m.fallback = Some(note.clone());
-                    s.step = 0;
-                });
-            }
-            Err(e) => return Err(e.into()),
+                if let Some(mem) = mem {
+                    m.mode = mem.mode.to_string();
+                    m.prefetch = mem.prefetch;
+                }
+                m.fallback = Some(note.clone());
+            });
+            frames
+        }
+        Err(LadderError::Other(e)) => return Err(e.into()),
+        Err(LadderError::OutOfMemory {
+            mode,
+            prefetch,
+            retried,
+            error,
+        }) => {
+            return Err(Failure::Failed(format!(
+                "CUDA out of memory in {mode} offload (prefetch {prefetch}){}: {error}. Lower \
+                 the resolution or the frame count.",
+                if retried {
+                    ", after one retry a rung down"
+                } else {
+                    ", the most frugal mode"
+                }
+            )))
         }
     };
     timer.enter(job, Stage::WritingVideo);
