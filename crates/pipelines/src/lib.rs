@@ -5,6 +5,7 @@ pub mod demo;
 pub mod image;
 pub mod ltx_i2v;
 pub mod memory;
+pub mod tiled_decode;
 pub mod video;
 
 pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};
