@@ -35,4 +35,38 @@ typedef struct {
   long long x0;
 } ltx_tile_accumulate_params;
 
+/* Sliced (flash-style) attention, kernels/sliced_attention.cu:
+ *
+ *   out[b, h, i, :] = softmax_j(q[b, h, i, :] · k[b, h, j, :] · scale + mask[b, j]) · v[b, h, j, :]
+ *
+ * q, k, v, out hold bf16 or fp16 (the kernel's name says which) with the head dimension D
+ * contiguous (stride 1) and every other stride given in elements, so the [B, S, H, D] layout
+ * the models produce is read without a copy. mask is float32 [B, sk] with stride
+ * mask_stride_b (or null): an additive key mask, as `[B, 1, 1, sk]` in torch. Launch: grid
+ * (ceil(sq / 64), B·heads), 128 threads. */
+typedef struct {
+  const void *q;
+  const void *k;
+  const void *v;
+  void *out;
+  const float *mask;
+  long long heads;
+  long long sq;
+  long long sk;
+  long long q_stride_b;
+  long long q_stride_h;
+  long long q_stride_s;
+  long long k_stride_b;
+  long long k_stride_h;
+  long long k_stride_s;
+  long long v_stride_b;
+  long long v_stride_h;
+  long long v_stride_s;
+  long long out_stride_b;
+  long long out_stride_h;
+  long long out_stride_s;
+  long long mask_stride_b;
+  float scale;
+} ltx_attention_params;
+
 #endif

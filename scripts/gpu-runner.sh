@@ -28,6 +28,7 @@ status=0
 cat "$results/doctor.txt"
 "$here/gpu-tests" --test-threads=1 >"$results/tests.txt" 2>"$results/tests.stderr.txt" || status=1
 "$here/bench-kernels" --bench >"$results/bench.txt" 2>&1 || status=1
+"$here/bench-attention" --bench >"$results/bench-attention.txt" 2>&1 || status=1
 # Memory modes on an LTX-2B-shaped transformer (28 blocks, D=2048, 6144 tokens, batch 2).
 "$here/ltx-i2v" bench offload --json "$results/offload.json" >"$results/offload.txt" 2>&1 || status=1
 cat "$results/offload.txt"
@@ -55,6 +56,8 @@ for dirpath, _, files in os.walk(crit):
         figure = f"{ns / 1e3:.1f} us"
         if "Bytes" in tp:
             figure += f", {tp['Bytes'] / ns:.1f} GB/s"
+        if "Elements" in tp and bid.startswith("attention/"):
+            figure += f", {tp['Elements'] / ns / 1e3:.1f} TFLOP/s"
         means[bid] = ns
         rows.append(("bench", bid, figure))
 for bid, ns in sorted(means.items()):
@@ -62,6 +65,13 @@ for bid, ns in sorted(means.items()):
         ref = bid.replace("/kernel/", "/tch_reference/")
         if ref in means:
             rows.append(("bench", bid.replace("/kernel/", "/kernel-vs-tch/"), f"{means[ref] / ns:.2f}x faster than tch"))
+        dif = bid.replace("/kernel/", "/diffusers_sliced/")
+        if dif in means:
+            rows.append(("bench", bid.replace("/kernel/", "/kernel-vs-diffusers-sliced/"), f"{means[dif] / ns:.2f}x faster than diffusers' sliced attention"))
+attn_log = os.path.join(results, "bench-attention.txt")
+if os.path.exists(attn_log):
+    for name, mib in re.findall(r"^memory (\S+): ([0-9.]+) MiB", open(attn_log).read(), re.M):
+        rows.append(("bench", "peak-extra/" + name, f"{mib} MiB"))
 off = os.path.join(results, "offload.json")
 if os.path.exists(off):
     o = json.load(open(off))

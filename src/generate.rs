@@ -80,6 +80,12 @@ pub struct GenerateArgs {
     /// (wins over --cpu-offload).
     #[arg(long, env = "LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     sequential_cpu_offload: bool,
+    /// Attention backend: sdpa, sliced or math (unset: --attention-slicing decides).
+    #[arg(long, env = "LTX_ATTENTION")]
+    attention: Option<String>,
+    /// The original attention-slicing switch: sliced attention when --attention is unset.
+    #[arg(long, env = "LTX_ENABLE_ATTENTION_SLICING", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    attention_slicing: bool,
     /// Sequential offload: blocks copied ahead of the one computing.
     #[arg(long, env = "LTX_OFFLOAD_PREFETCH", default_value_t = 2)]
     offload_prefetch: usize,
@@ -169,6 +175,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         _ => {}
     }
 
+    let backend = ltx_models::attention::AttentionBackend::from_settings(
+        args.attention.as_deref(),
+        args.attention_slicing,
+    )
+    .map_err(anyhow::Error::msg)?;
+    ltx_models::attention::set_backend(backend);
     let device = args.device.resolve()?;
     let tch_device = device.tch_device();
     let dtype = match args.dtype {

@@ -380,3 +380,77 @@ fn the_ring_queues_copies_without_blocking_the_host() {
         "the host waited for the copies: queued {queued:?}, done {done:?}"
     );
 }
+
+#[test]
+fn sliced_attention_kernel_matches_float64_attention() {
+    use ltx_gpu::kernels::attention::sliced_attention;
+    let Some(d) = device() else { return };
+    let _g = lock();
+    let dev = Device::Cuda(d.index());
+    let registry = KernelRegistry::new(d.clone()).unwrap();
+    tch::manual_seed(fresh_seed());
+    // Odd lengths (not multiples of the 64-query / 64-key tiles), both head dims, both
+    // dtypes, with and without a key mask, q/k/v as [B, S, H, D] views like the models make.
+    for (kind, tol) in [(Kind::BFloat16, 1e-2), (Kind::Half, 5e-3)] {
+        for hd in [64, 128] {
+            for (sq, sk) in [(77, 45), (130, 130), (1, 200), (200, 1)] {
+                for masked in [false, true] {
+                    let (b, h) = (2, 3);
+                    let q = Tensor::randn([b, sq, h, hd], (kind, dev)).transpose(1, 2);
+                    let k = Tensor::randn([b, sk, h, hd], (kind, dev)).transpose(1, 2);
+                    let v = Tensor::randn([b, sk, h, hd], (kind, dev)).transpose(1, 2);
+                    let mask = masked.then(|| {
+                        let keep = Tensor::rand([b, 1, 1, sk], (Kind::Float, dev)).gt(0.3);
+                        let _ = keep.narrow(3, 0, 1).fill_(1); // at least one key per row
+                        (keep.to_kind(kind) - 1.0) * 10000.0
+                    });
+                    // Poison what the allocator will hand out for the output.
+                    drop(Tensor::full([b, sq, h, hd], f64::NAN, (kind, dev)));
+                    let got = sliced_attention(&registry, &q, &k, &v, mask.as_ref(), None)
+                        .unwrap()
+                        .to_kind(Kind::Double);
+                    let (q64, k64, v64) = (
+                        q.to_kind(Kind::Double),
+                        k.to_kind(Kind::Double),
+                        v.to_kind(Kind::Double),
+                    );
+                    let mut s = q64.matmul(&k64.transpose(-2, -1)) / (hd as f64).sqrt();
+                    if let Some(m) = &mask {
+                        s += m.to_kind(Kind::Double);
+                    }
+                    let want = s.softmax(-1, Kind::Double).matmul(&v64);
+                    assert_eq!(got.isnan().sum(Kind::Int64).int64_value(&[]), 0, "NaN in the output");
+                    let rel = (&got - &want).abs().max().double_value(&[])
+                        / want.abs().max().double_value(&[]);
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{kind:?} d{hd} sq{sq} sk{sk} masked {masked}: rel err {rel:.2e}"
+                    );
+                    assert!(rel <= tol, "{kind:?} d{hd} sq{sq} sk{sk} masked {masked}: {rel}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_sliced_backend_runs_the_transformer_like_sdpa() {
+    use ltx_models::attention::{set_backend, AttentionBackend};
+    let Some(d) = device() else { return };
+    let _g = lock();
+    let dev = Device::Cuda(d.index());
+    let (model, named, run) = small_transformer(dev);
+    for (_, t) in &named {
+        let mut t = t.shallow_clone();
+        let on = t.to_device(dev);
+        t.set_data(&on);
+    }
+    set_backend(AttentionBackend::Sdpa);
+    let want = run(&model).to_kind(Kind::Double);
+    set_backend(AttentionBackend::Sliced);
+    let got = run(&model).to_kind(Kind::Double);
+    set_backend(AttentionBackend::Sdpa);
+    let rel = (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[]);
+    let _ = writeln!(std::io::stderr(), "transformer, sliced vs sdpa: rel err {rel:.2e}");
+    assert!(rel < 2e-2, "{rel}");
+}

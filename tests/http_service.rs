@@ -398,5 +398,8 @@ fn settings_that_cannot_work_are_refused_at_start() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("LTX_VRAM_BUDGET") && err.contains("12GiB"), "{err}");
+    assert!(
+        err.contains("LTX_VRAM_BUDGET") && err.contains("12GiB"),
+        "{err}"
+    );
 }

@@ -116,3 +116,21 @@ fn a_broken_kernel_reports_its_name_and_the_compiler_log() {
         "the log should quote the error: {msg}"
     );
 }
+
+#[test]
+fn the_attention_kernel_has_its_four_entries_on_tensor_cores() {
+    let k = kernels::source("sliced_attention").expect("kernels/sliced_attention.cu");
+    for arch in CI_ARCHS {
+        let ptx = kernels::compile(k, arch).unwrap_or_else(|e| panic!("{e}"));
+        for entry in [
+            "sliced_attention_bf16_d64",
+            "sliced_attention_bf16_d128",
+            "sliced_attention_f16_d64",
+            "sliced_attention_f16_d128",
+        ] {
+            assert!(ptx.contains(&format!(".entry {entry}")), "{arch}: no {entry}");
+        }
+        assert!(ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{arch}");
+        assert!(ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"), "{arch}");
+    }
+}

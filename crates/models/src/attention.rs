@@ -1,9 +1,107 @@
-//! The one attention function every model calls, so a faster or leaner backend (the sliced
-//! attention kernel) can replace it in one place.
+//! The one attention function every model calls, with a process-wide choice of backend:
+//!
+//! - `sdpa` (default): torch's `scaled_dot_product_attention` (its fastest backend);
+//! - `sliced`: memory linear in the sequence length — on CUDA the tensor-core kernel
+//!   (`kernels/sliced_attention.cu`, bf16/fp16, head dims 64/128, key masks), elsewhere or for
+//!   other inputs queries in chunks with tch ops;
+//! - `math`: the plain definition (the whole score matrix), the reference.
+//!
+//! `LTX_ATTENTION=sdpa|sliced|math` selects it; the original service's attention-slicing switch
+//! (`LTX_ENABLE_ATTENTION_SLICING=true`) maps to `sliced`.
 
-use tch::Tensor;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::Result;
+use ltx_gpu::kernels::attention as kernel;
+use ltx_gpu::kernels::KernelRegistry;
+use tch::{Device, Kind, Tensor};
+
+use crate::{ModelError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBackend {
+    Sdpa,
+    Sliced,
+    Math,
+}
+
+impl AttentionBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sdpa => "sdpa",
+            Self::Sliced => "sliced",
+            Self::Math => "math",
+        }
+    }
+
+    /// `LTX_ATTENTION` if set, else `sliced` when `slicing` (the original switch), else sdpa.
+    pub fn from_settings(attention: Option<&str>, slicing: bool) -> std::result::Result<Self, String> {
+        match attention {
+            Some(a) if !a.trim().is_empty() => a.parse(),
+            _ if slicing => Ok(Self::Sliced),
+            _ => Ok(Self::Sdpa),
+        }
+    }
+}
+
+impl std::fmt::Display for AttentionBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AttentionBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sdpa" => Ok(Self::Sdpa),
+            "sliced" => Ok(Self::Sliced),
+            "math" => Ok(Self::Math),
+            other => Err(format!(
+                "attention backend {other:?}: expected sdpa, sliced or math"
+            )),
+        }
+    }
+}
+
+static BACKEND: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the backend for every attention call in this process.
+pub fn set_backend(b: AttentionBackend) {
+    BACKEND.store(b as u8, Ordering::Relaxed);
+}
+
+pub fn backend() -> AttentionBackend {
+    match BACKEND.load(Ordering::Relaxed) {
+        1 => AttentionBackend::Sliced,
+        2 => AttentionBackend::Math,
+        _ => AttentionBackend::Sdpa,
+    }
+}
+
+/// The kernel registry of each CUDA device, made on first use.
+fn registry(index: usize) -> Result<Arc<KernelRegistry>> {
+    static REGISTRIES: Mutex<Option<HashMap<usize, Arc<KernelRegistry>>>> = Mutex::new(None);
+    let mut guard = REGISTRIES.lock().unwrap_or_else(|p| p.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    if let Some(r) = map.get(&index) {
+        return Ok(r.clone());
+    }
+    let gpu = |e: ltx_gpu::GpuError| ModelError::Memory(format!("sliced attention: {e}"));
+    let dev = ltx_gpu::cuda::open(index).map_err(|e| gpu(e.into()))?;
+    let r = Arc::new(KernelRegistry::new(dev).map_err(gpu)?);
+    map.insert(index, r.clone());
+    Ok(r)
+}
+
+/// Queries per chunk of the tch `sliced` path: about 16 Mi float32 scores at a time.
+fn chunk_for(q: &Tensor, k: &Tensor) -> i64 {
+    let (b, h, sq) = (q.size()[0], q.size()[1], q.size()[2]);
+    let sk = k.size()[2].max(1);
+    ((1i64 << 24) / (b * h * sk).max(1)).clamp(16, sq.max(16))
+}
 
 /// `softmax(q·kᵀ·scale + mask)·v` for `q` `[B, H, Sq, D]`, `k`/`v` `[B, H, Sk, D]`, an optional
 /// additive `mask` broadcastable to `[B, H, Sq, Sk]`; `scale` defaults to `1/√D`.
@@ -14,7 +112,74 @@ pub fn attention(
     mask: Option<&Tensor>,
     scale: Option<f64>,
 ) -> Result<Tensor> {
-    Ok(Tensor::f_scaled_dot_product_attention(
-        q, k, v, mask, 0.0, false, scale, false,
-    )?)
+    match backend() {
+        AttentionBackend::Sdpa => Ok(Tensor::f_scaled_dot_product_attention(
+            q, k, v, mask, 0.0, false, scale, false,
+        )?),
+        AttentionBackend::Math => math(q, k, v, mask, scale),
+        AttentionBackend::Sliced => {
+            if let Device::Cuda(i) = q.device() {
+                if kernel::supports(q, k, v, mask) {
+                    let r = registry(i)?;
+                    return kernel::sliced_attention(&r, q, k, v, mask, scale)
+                        .map_err(|e| ModelError::Memory(format!("sliced attention: {e}")));
+                }
+            }
+            kernel::chunked_attention(q, k, v, mask, scale, chunk_for(q, k))
+                .map_err(|e| ModelError::Memory(format!("sliced attention: {e}")))
+        }
+    }
+}
+
+/// The definition with the whole score matrix, in float32.
+fn math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: Option<f64>) -> Result<Tensor> {
+    let d = q.size()[3];
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut s = q
+        .f_to_kind(Kind::Float)?
+        .f_matmul(&k.f_to_kind(Kind::Float)?.f_transpose(-2, -1)?)?
+        * scale;
+    if let Some(m) = mask {
+        s = s + m.f_to_kind(Kind::Float)?;
+    }
+    Ok(s
+        .f_softmax(-1, Kind::Float)?
+        .f_matmul(&v.f_to_kind(Kind::Float)?)?
+        .f_to_kind(q.kind())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static BACKEND_LOCK: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn every_backend_gives_sdpas_result_on_the_cpu() {
+        let _g = BACKEND_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        tch::manual_seed(5);
+        let q = Tensor::randn([2, 4, 33, 16], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([2, 4, 12, 16], (Kind::Float, Device::Cpu));
+        let v = Tensor::randn([2, 4, 12, 16], (Kind::Float, Device::Cpu));
+        let mask = (Tensor::rand([2, 1, 1, 12], (Kind::Float, Device::Cpu)).gt(0.5).to_kind(Kind::Float) - 1.0) * 10000.0;
+        set_backend(AttentionBackend::Sdpa);
+        let want = attention(&q, &k, &v, Some(&mask), None).unwrap();
+        for b in [AttentionBackend::Sliced, AttentionBackend::Math] {
+            set_backend(b);
+            let got = attention(&q, &k, &v, Some(&mask), None).unwrap();
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "{b}: {err}");
+        }
+        set_backend(AttentionBackend::Sdpa);
+    }
+
+    #[test]
+    fn settings_map_like_the_original_switch() {
+        use AttentionBackend::*;
+        assert_eq!(AttentionBackend::from_settings(None, false), Ok(Sdpa));
+        assert_eq!(AttentionBackend::from_settings(None, true), Ok(Sliced));
+        assert_eq!(AttentionBackend::from_settings(Some("math"), true), Ok(Math));
+        assert_eq!(AttentionBackend::from_settings(Some(""), true), Ok(Sliced));
+        assert!(AttentionBackend::from_settings(Some("flash"), false).is_err());
+    }
 }

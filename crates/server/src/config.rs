@@ -55,6 +55,17 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_OFFLOAD_PREFETCH", default_value_t = 2)]
     pub ltx_offload_prefetch: usize,
 
+    /// Attention backend: sdpa (torch's), sliced (memory linear in the sequence: the tensor-core
+    /// kernel on CUDA, chunked on the CPU) or math (the reference). Unset: see
+    /// LTX_ENABLE_ATTENTION_SLICING.
+    #[arg(long, env = "LTX_ATTENTION")]
+    pub ltx_attention: Option<String>,
+
+    /// The original service's attention-slicing switch: `true` selects the sliced backend
+    /// when LTX_ATTENTION is unset.
+    #[arg(long, env = "LTX_ENABLE_ATTENTION_SLICING", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub ltx_enable_attention_slicing: bool,
+
     /// GPU memory the LTX-Video family may use: `auto` (free memory minus 1 GiB), a fraction of
     /// the device (`0.8`) or a size (`12GiB`). A job whose estimated peak exceeds it runs in a
     /// more frugal offload mode.
@@ -110,6 +121,9 @@ impl ServeConfig {
         if self.queue_size == 0 {
             return bad("--queue-size (LTX_QUEUE_SIZE) must be at least 1".into());
         }
+        if let Err(e) = self.attention_backend() {
+            return bad(format!("--ltx-attention (LTX_ATTENTION): {e}"));
+        }
         if let Err(e) = self.ltx_vram_budget.parse::<ltx_pipelines::BudgetSpec>() {
             return bad(format!("--ltx-vram-budget (LTX_VRAM_BUDGET): {e}"));
         }
@@ -139,6 +153,14 @@ impl ServeConfig {
         crate::family::OffloadMode::from_switches(
             self.ltx_enable_cpu_offload,
             self.ltx_enable_sequential_cpu_offload,
+        )
+    }
+
+    /// The attention backend the settings select.
+    pub fn attention_backend(&self) -> Result<ltx_models::attention::AttentionBackend, String> {
+        ltx_models::attention::AttentionBackend::from_settings(
+            self.ltx_attention.as_deref(),
+            self.ltx_enable_attention_slicing,
         )
     }
 

@@ -23,6 +23,9 @@ use std::time::Duration;
 /// Binds, serves until ctrl-c/SIGTERM, then drains in-flight requests.
 pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     config.check()?;
+    let backend = config.attention_backend().map_err(ServerError::Config)?;
+    ltx_models::attention::set_backend(backend);
+    tracing::info!(%backend, "attention backend");
     let state = AppState::new(&config)?;
     let addr: SocketAddr = (config.host, config.port).into();
     let listener = tokio::net::TcpListener::bind(addr)

@@ -289,6 +289,8 @@ struct System {
     queue_depth: usize,
     torch_version: &'static str,
     cpu_threads: usize,
+    /// Attention backend in use: sdpa, sliced or math.
+    attention: &'static str,
     /// `PYTORCH_CUDA_ALLOC_CONF` as libtorch's CUDA allocator reads it from the environment.
     pytorch_cuda_alloc_conf: Option<String>,
     ltx_device: DeviceChoice,
@@ -325,6 +327,7 @@ async fn system(State(state): State<AppState>) -> Result<Json<System>, ApiError>
         queue_depth: state.queue_depth(),
         torch_version: ltx_gpu::torch_version(),
         cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        attention: ltx_models::attention::backend().as_str(),
         pytorch_cuda_alloc_conf: std::env::var("PYTORCH_CUDA_ALLOC_CONF").ok(),
         ltx_device: DeviceChoice {
             configured: inner.ltx_device.to_string(),

@@ -2,6 +2,7 @@
 //! when `nvcc` was on the build host's PATH), compiled with NVRTC on first use otherwise, and
 //! cached per (architecture, source hash) in memory and on disk.
 
+pub mod attention;
 mod registry;
 pub mod tile_accumulate;
 

@@ -1,0 +1,183 @@
+//! Attention microbenchmarks (GPU) at LTX shapes, three ways in the same run: our sliced
+//! tensor-core kernel (`kernel/`), torch's `scaled_dot_product_attention` with its fastest
+//! backend (`tch_reference/`), and the diffusers-style sliced attention of
+//! `enable_attention_slicing()` (`diffusers_sliced/`: per slice of heads, `baddbmm` → softmax →
+//! `bmm`, slice size = heads / 2 as diffusers' "auto"). Throughput is FLOPs (4·B·H·Sq·Sk·D per
+//! call), printed by the bundle's runner as TFLOP/s. Before the timed runs each method's peak
+//! extra memory is measured once and printed as `memory <id>: N MiB`. Without a CUDA device
+//! the bench prints `skipped: no CUDA device (…)`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ltx_gpu::cuda::{self, CudaDevice};
+use ltx_gpu::kernels::attention::sliced_attention;
+use ltx_gpu::kernels::KernelRegistry;
+use tch::{Device, Kind, Tensor};
+
+struct Case {
+    name: &'static str,
+    b: i64,
+    h: i64,
+    sq: i64,
+    sk: i64,
+    d: i64,
+    masked: bool,
+}
+
+const CASES: [Case; 3] = [
+    // LTX-2B self-attention at 768×512×121 (6144 tokens), batch 2 (CFG).
+    Case {
+        name: "self_2b",
+        b: 2,
+        h: 32,
+        sq: 6144,
+        sk: 6144,
+        d: 64,
+        masked: false,
+    },
+    // Head dim 128 (the 13B model's).
+    Case {
+        name: "self_d128",
+        b: 2,
+        h: 32,
+        sq: 6144,
+        sk: 6144,
+        d: 128,
+        masked: false,
+    },
+    // Cross-attention to 128 text tokens with the padding mask.
+    Case {
+        name: "cross_2b",
+        b: 2,
+        h: 32,
+        sq: 6144,
+        sk: 128,
+        d: 64,
+        masked: true,
+    },
+];
+
+/// diffusers' `AttnProcessor` with attention slicing.
+fn diffusers_sliced(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, slice: i64) -> Tensor {
+    let (b, h, sq, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
+    let sk = k.size()[2];
+    let scale = 1.0 / (d as f64).sqrt();
+    let q = q.reshape([b * h, sq, d]);
+    let k = k.reshape([b * h, sk, d]);
+    let v = v.reshape([b * h, sk, d]);
+    let mask = mask.map(|m| m.expand([b, h, 1, sk], false).reshape([b * h, 1, sk]));
+    let out = Tensor::empty([b * h, sq, d], (q.kind(), q.device()));
+    let mut start = 0;
+    while start < b * h {
+        let n = slice.min(b * h - start);
+        let (qs, ks, vs) = (
+            q.narrow(0, start, n),
+            k.narrow(0, start, n),
+            v.narrow(0, start, n),
+        );
+        let base = match &mask {
+            Some(m) => m.narrow(0, start, n).expand([n, sq, sk], false),
+            None => Tensor::empty([n, sq, sk], (q.kind(), q.device())),
+        };
+        let beta = if mask.is_some() { 1.0 } else { 0.0 };
+        let scores = base.baddbmm(&qs, &ks.transpose(1, 2), beta, scale);
+        let probs = scores.softmax(-1, scores.kind());
+        let mut dst = out.narrow(0, start, n);
+        dst.copy_(&probs.bmm(&vs));
+        start += n;
+    }
+    out.reshape([b, h, sq, d])
+}
+
+fn peak_extra(d: &CudaDevice, f: impl FnOnce() -> Tensor) -> f64 {
+    tch::Cuda::synchronize(d.index() as i64);
+    let before = d.memory_stats().map(|m| m.allocated_bytes).unwrap_or(0);
+    let _ = d.reset_peak_stats();
+    let out = f();
+    tch::Cuda::synchronize(d.index() as i64);
+    let peak = d.memory_stats().map(|m| m.peak_allocated_bytes).unwrap_or(0);
+    let out_bytes = out.numel() as u64 * out.kind().elt_size_in_bytes() as u64;
+    peak.saturating_sub(before + out_bytes) as f64 / (1 << 20) as f64
+}
+
+fn attention_bench(c: &mut Criterion) {
+    let d = match cuda::open(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            return;
+        }
+    };
+    let registry = match KernelRegistry::new(d.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("attention bench: {e}");
+            return;
+        }
+    };
+    let dev_name = d.name().unwrap_or_else(|_| "cuda".into()).replace(' ', "_");
+    let gpu = Device::Cuda(d.index());
+    let index = d.index() as i64;
+    for case in &CASES {
+        let Case {
+            b,
+            h,
+            sq,
+            sk,
+            d: hd,
+            masked,
+            ..
+        } = *case;
+        tch::manual_seed(1);
+        // The layout the models produce: [B, S, H, D] viewed as [B, H, S, D].
+        let q = Tensor::randn([b, sq, h, hd], (Kind::BFloat16, gpu)).transpose(1, 2);
+        let k = Tensor::randn([b, sk, h, hd], (Kind::BFloat16, gpu)).transpose(1, 2);
+        let v = Tensor::randn([b, sk, h, hd], (Kind::BFloat16, gpu)).transpose(1, 2);
+        let mask = masked.then(|| {
+            let keep = Tensor::ones([b, 1, 1, sk], (Kind::BFloat16, gpu));
+            let _ = keep.narrow(3, sk / 2, sk - sk / 2).fill_(0.0);
+            (keep - 1.0) * 10000.0
+        });
+        let group_name = format!("attention/{dev_name}");
+        let shape = format!("{}_b{b}h{h}s{sq}k{sk}d{hd}", case.name);
+        let sdpa = || Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false);
+        let ours = || sliced_attention(&registry, &q, &k, &v, mask.as_ref(), None).unwrap();
+        let theirs = || diffusers_sliced(&q, &k, &v, mask.as_ref(), (h / 2).max(1));
+        for (method, mib) in [
+            ("kernel", peak_extra(&d, ours)),
+            ("tch_reference", peak_extra(&d, sdpa)),
+            ("diffusers_sliced", peak_extra(&d, theirs)),
+        ] {
+            println!("memory {group_name}/{method}/{shape}: {mib:.1} MiB");
+        }
+        let mut group = c.benchmark_group(&group_name);
+        group.throughput(Throughput::Elements((4 * b * h * sq * sk * hd) as u64));
+        group.measurement_time(Duration::from_secs(3));
+        group.sample_size(10);
+        group.bench_function(format!("kernel/{shape}"), |bch| {
+            bch.iter_custom(|iters| timed(index, iters, || drop(ours())))
+        });
+        group.bench_function(format!("tch_reference/{shape}"), |bch| {
+            bch.iter_custom(|iters| timed(index, iters, || drop(sdpa())))
+        });
+        group.bench_function(format!("diffusers_sliced/{shape}"), |bch| {
+            bch.iter_custom(|iters| timed(index, iters, || drop(theirs())))
+        });
+        group.finish();
+    }
+}
+
+/// Runs `f` `iters` times; the device is synchronised before the clock starts and stops.
+fn timed(device: i64, iters: u64, mut f: impl FnMut()) -> Duration {
+    tch::Cuda::synchronize(device);
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    tch::Cuda::synchronize(device);
+    start.elapsed()
+}
+
+criterion_group!(benches, attention_bench);
+criterion_main!(benches);
