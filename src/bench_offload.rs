@@ -189,6 +189,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
         height: 1,
         width: 1,
         decoder_channels: 1,
+        decode_tile: None,
         elem: 2,
     })
     .transformer_activations;

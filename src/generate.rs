@@ -86,6 +86,17 @@ pub struct GenerateArgs {
     /// The original attention-slicing switch: sliced attention when --attention is unset.
     #[arg(long, env = "LTX_ENABLE_ATTENTION_SLICING", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     attention_slicing: bool,
+    /// Decode the video in overlapping tiles (the original VAE-tiling switch).
+    #[arg(long, env = "LTX_ENABLE_VAE_TILING", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    vae_tiling: bool,
+    /// Tiled decode: weighted (feathered) or diffusers (diffusers' enable_tiling() exactly).
+    #[arg(long, env = "LTX_VAE_TILING_MODE", default_value = "weighted")]
+    vae_tiling_mode: String,
+    /// Tiled decode: tile size and stride in output pixels.
+    #[arg(long, env = "LTX_VAE_TILE_SIZE", default_value_t = 512)]
+    vae_tile_size: i64,
+    #[arg(long, env = "LTX_VAE_TILE_STRIDE", default_value_t = 448)]
+    vae_tile_stride: i64,
     /// Sequential offload: blocks copied ahead of the one computing.
     #[arg(long, env = "LTX_OFFLOAD_PREFETCH", default_value_t = 2)]
     offload_prefetch: usize,
@@ -181,6 +192,24 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     ltx_models::attention::set_backend(backend);
+    let tiling = if args.vae_tiling {
+        use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
+        let mode = match args.vae_tiling_mode.as_str() {
+            "weighted" => TilingMode::Weighted,
+            "diffusers" => TilingMode::DiffusersCompatible,
+            other => bail!("--vae-tiling-mode {other:?}: expected weighted or diffusers"),
+        };
+        Some(TileConfig {
+            mode,
+            tile_sample_height: args.vae_tile_size,
+            tile_sample_width: args.vae_tile_size,
+            stride_sample_height: args.vae_tile_stride,
+            stride_sample_width: args.vae_tile_stride,
+            ..TileConfig::default()
+        })
+    } else {
+        None
+    };
     let device = args.device.resolve()?;
     let tch_device = device.tch_device();
     let dtype = match args.dtype {
@@ -214,6 +243,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             (None, _) => demo_pipeline(opts, max_len),
         }
     })?;
+    let mut pipe = pipe;
+    pipe.set_vae_tiling(tiling)?;
     if pipe.source() == &ModelSource::Demo {
         eprintln!("note: the demo model has random weights: the video will be noise");
     }

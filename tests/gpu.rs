@@ -419,14 +419,21 @@ fn sliced_attention_kernel_matches_float64_attention() {
                         s += m.to_kind(Kind::Double);
                     }
                     let want = s.softmax(-1, Kind::Double).matmul(&v64);
-                    assert_eq!(got.isnan().sum(Kind::Int64).int64_value(&[]), 0, "NaN in the output");
+                    assert_eq!(
+                        got.isnan().sum(Kind::Int64).int64_value(&[]),
+                        0,
+                        "NaN in the output"
+                    );
                     let rel = (&got - &want).abs().max().double_value(&[])
                         / want.abs().max().double_value(&[]);
                     let _ = writeln!(
                         std::io::stderr(),
                         "{kind:?} d{hd} sq{sq} sk{sk} masked {masked}: rel err {rel:.2e}"
                     );
-                    assert!(rel <= tol, "{kind:?} d{hd} sq{sq} sk{sk} masked {masked}: {rel}");
+                    assert!(
+                        rel <= tol,
+                        "{kind:?} d{hd} sq{sq} sk{sk} masked {masked}: {rel}"
+                    );
                 }
             }
         }
@@ -451,6 +458,9 @@ fn the_sliced_backend_runs_the_transformer_like_sdpa() {
     let got = run(&model).to_kind(Kind::Double);
     set_backend(AttentionBackend::Sdpa);
     let rel = (&got - &want).abs().max().double_value(&[]) / want.abs().max().double_value(&[]);
-    let _ = writeln!(std::io::stderr(), "transformer, sliced vs sdpa: rel err {rel:.2e}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "transformer, sliced vs sdpa: rel err {rel:.2e}"
+    );
     assert!(rel < 2e-2, "{rel}");
 }

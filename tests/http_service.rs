@@ -320,12 +320,37 @@ fn offload_switches_and_allocator_settings_are_reported() {
         &[
             ("LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD", "true"),
             ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),
+            ("LTX_ENABLE_ATTENTION_SLICING", "true"),
+            ("LTX_ENABLE_VAE_TILING", "true"),
+            ("LTX_VAE_TILE_SIZE", "64"),
+            ("LTX_VAE_TILE_STRIDE", "32"),
         ],
     );
     let s = system(&server.addr);
     assert_eq!(s["models"][0]["offload"]["requested"], "sequential");
     assert_eq!(s["models"][0]["offload"]["effective"], "none");
     assert_eq!(s["pytorch_cuda_alloc_conf"], "expandable_segments:True");
+    assert_eq!(
+        s["attention"], "sliced",
+        "the original slicing switch selects it"
+    );
+    // A job with sliced attention and tiled decoding still makes a playable video.
+    let id = run_job(&server.addr);
+    let video = request(
+        &server.addr,
+        "GET",
+        &format!("/v1/jobs/{id}/result"),
+        None,
+        b"",
+    );
+    let file = server.dir.join("tiled.mp4");
+    std::fs::write(&file, &video.body).unwrap();
+    let probe = ffprobe(&file);
+    assert_eq!(
+        (probe["width"].as_i64(), probe["height"].as_i64()),
+        (Some(96), Some(64))
+    );
+    assert_eq!(probe["nb_read_frames"], "9");
     let server = start("switches-off", &["--ltx-enable-cpu-offload", "false"]);
     let s = system(&server.addr);
     assert_eq!(s["models"][0]["offload"]["requested"], "none");

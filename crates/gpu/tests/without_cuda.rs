@@ -128,9 +128,18 @@ fn the_attention_kernel_has_its_four_entries_on_tensor_cores() {
             "sliced_attention_f16_d64",
             "sliced_attention_f16_d128",
         ] {
-            assert!(ptx.contains(&format!(".entry {entry}")), "{arch}: no {entry}");
+            assert!(
+                ptx.contains(&format!(".entry {entry}")),
+                "{arch}: no {entry}"
+            );
         }
-        assert!(ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"), "{arch}");
-        assert!(ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"), "{arch}");
+        assert!(
+            ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+            "{arch}"
+        );
+        assert!(
+            ptx.contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"),
+            "{arch}"
+        );
     }
 }

@@ -36,7 +36,10 @@ impl AttentionBackend {
     }
 
     /// `LTX_ATTENTION` if set, else `sliced` when `slicing` (the original switch), else sdpa.
-    pub fn from_settings(attention: Option<&str>, slicing: bool) -> std::result::Result<Self, String> {
+    pub fn from_settings(
+        attention: Option<&str>,
+        slicing: bool,
+    ) -> std::result::Result<Self, String> {
         match attention {
             Some(a) if !a.trim().is_empty() => a.parse(),
             _ if slicing => Ok(Self::Sliced),
@@ -132,7 +135,13 @@ pub fn attention(
 }
 
 /// The definition with the whole score matrix, in float32.
-fn math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: Option<f64>) -> Result<Tensor> {
+fn math(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: Option<f64>,
+) -> Result<Tensor> {
     let d = q.size()[3];
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
     let mut s = q
@@ -142,8 +151,7 @@ fn math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: Option
     if let Some(m) = mask {
         s = s + m.f_to_kind(Kind::Float)?;
     }
-    Ok(s
-        .f_softmax(-1, Kind::Float)?
+    Ok(s.f_softmax(-1, Kind::Float)?
         .f_matmul(&v.f_to_kind(Kind::Float)?)?
         .f_to_kind(q.kind())?)
 }
@@ -161,7 +169,11 @@ mod tests {
         let q = Tensor::randn([2, 4, 33, 16], (Kind::Float, Device::Cpu));
         let k = Tensor::randn([2, 4, 12, 16], (Kind::Float, Device::Cpu));
         let v = Tensor::randn([2, 4, 12, 16], (Kind::Float, Device::Cpu));
-        let mask = (Tensor::rand([2, 1, 1, 12], (Kind::Float, Device::Cpu)).gt(0.5).to_kind(Kind::Float) - 1.0) * 10000.0;
+        let mask = (Tensor::rand([2, 1, 1, 12], (Kind::Float, Device::Cpu))
+            .gt(0.5)
+            .to_kind(Kind::Float)
+            - 1.0)
+            * 10000.0;
         set_backend(AttentionBackend::Sdpa);
         let want = attention(&q, &k, &v, Some(&mask), None).unwrap();
         for b in [AttentionBackend::Sliced, AttentionBackend::Math] {
@@ -178,7 +190,10 @@ mod tests {
         use AttentionBackend::*;
         assert_eq!(AttentionBackend::from_settings(None, false), Ok(Sdpa));
         assert_eq!(AttentionBackend::from_settings(None, true), Ok(Sliced));
-        assert_eq!(AttentionBackend::from_settings(Some("math"), true), Ok(Math));
+        assert_eq!(
+            AttentionBackend::from_settings(Some("math"), true),
+            Ok(Math)
+        );
         assert_eq!(AttentionBackend::from_settings(Some(""), true), Ok(Sliced));
         assert!(AttentionBackend::from_settings(Some("flash"), false).is_err());
     }

@@ -14,7 +14,8 @@
 //! - text encoder: `B·L·d_model·e · 8` (same structure at sequence length L);
 //! - VAE decode: `4 · C·F·H·W · e` at the decoder's widest stage after upsampling — the
 //!   output-resolution stage with the last channel count (`decoder_block_out_channels[0]`),
-//!   four tensors alive around a residual block — plus the output video in float32.
+//!   four tensors alive around a residual block — plus the output video in float32; tiled,
+//!   the same for one tile plus the float32 canvas, weight sum and output (`7·F·H·W·4`).
 //!
 //! The factors are from the structure of the computation; `ltx-i2v bench offload` prints the
 //! transformer estimate beside the measured peak so they can be checked on a GPU.
@@ -60,6 +61,8 @@ pub struct Shape {
     pub width: u64,
     /// Channels of the decoder's last (full-resolution) stage.
     pub decoder_channels: u64,
+    /// Tiled decoding: a tile's `[frames, height, width]` in samples (None: untiled).
+    pub decode_tile: Option<[u64; 3]>,
     /// Bytes per element of weights and activations (2 for bf16).
     pub elem: u64,
 }
@@ -69,7 +72,15 @@ impl Workload {
         let tr = s.batch * s.tokens * s.hidden * s.elem * 14 + s.tokens * s.hidden * 4;
         let text = s.batch * s.text_len * s.text_hidden * s.elem * 8;
         let pixels = s.frames * s.height * s.width;
-        let decode = 4 * s.decoder_channels * pixels * s.elem + 3 * pixels * 4;
+        let decode = match s.decode_tile {
+            None => 4 * s.decoder_channels * pixels * s.elem + 3 * pixels * 4,
+            // One tile's working set, plus the float32 canvas (3 channels), its weight sum and
+            // the output video.
+            Some([f, h, w]) => {
+                let tile = f.min(s.frames) * h.min(s.height) * w.min(s.width);
+                4 * s.decoder_channels * tile * s.elem + (3 + 1 + 3) * pixels * 4
+            }
+        };
         Self {
             text_activations: text,
             transformer_activations: tr,
@@ -320,8 +331,20 @@ mod tests {
             height: 512,
             width: 768,
             decoder_channels: 128,
+            decode_tile: None,
             elem: 2,
         }
+    }
+
+    #[test]
+    fn tiling_shrinks_the_decode_estimate() {
+        let untiled = Workload::of(&shape()).decode_activations;
+        let tiled = Workload::of(&Shape {
+            decode_tile: Some([16, 512, 512]),
+            ..shape()
+        })
+        .decode_activations;
+        assert!(tiled * 3 < untiled, "{tiled} vs {untiled}");
     }
 
     #[test]

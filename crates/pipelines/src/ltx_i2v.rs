@@ -25,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::image::RgbImage;
 use crate::memory::{Component, ComponentParams, Memory, MemoryOptions, MemoryReport};
+use crate::tiled_decode::{decode_tiled, TileConfig};
 use ltx_offload::budget::{ComponentSizes, Shape, Workload};
 use ltx_offload::weights::{group_sizes, ltx_transformer_unit, t5_unit};
 use ltx_offload::OffloadMode;
@@ -202,6 +203,10 @@ pub struct LtxI2vPipeline {
     sizes: ComponentSizes,
     /// Offload modes: where the weights are, switched per stage.
     memory: Option<Mutex<Memory>>,
+    /// Tiled VAE decoding (None: the whole video at once).
+    vae_tiling: Option<TileConfig>,
+    /// The CUDA kernels' registry for tiled decoding, made on first use.
+    registry: std::sync::OnceLock<Option<ltx_gpu::kernels::KernelRegistry>>,
 }
 
 fn component<T>(
@@ -348,7 +353,39 @@ impl LtxI2vPipeline {
             sizes: component_sizes(&c.params),
             params: Some(c.params),
             memory: None,
+            vae_tiling: None,
+            registry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Decodes in tiles with `cfg` from now on (None: untiled). The settings are checked
+    /// against the VAE's compression ratios.
+    pub fn set_vae_tiling(&mut self, cfg: Option<TileConfig>) -> Result<()> {
+        if let Some(c) = &cfg {
+            let v = self.vae.config();
+            c.validate(v.temporal_ratio(), v.spatial_ratio())?;
+        }
+        self.vae_tiling = cfg;
+        Ok(())
+    }
+
+    pub fn vae_tiling(&self) -> Option<&TileConfig> {
+        self.vae_tiling.as_ref()
+    }
+
+    /// The kernel registry of the pipeline's CUDA device (None on the CPU, or when the kernels
+    /// cannot load — tiled decoding then accumulates with tch ops).
+    fn kernels(&self) -> Option<&ltx_gpu::kernels::KernelRegistry> {
+        self.registry
+            .get_or_init(|| match self.opts.device {
+                Device::Cuda(i) => ltx_gpu::cuda::open(i)
+                    .map_err(ltx_gpu::GpuError::from)
+                    .and_then(ltx_gpu::kernels::KernelRegistry::new)
+                    .map_err(|e| tracing::warn!("tile kernels unavailable, using tch ops: {e}"))
+                    .ok(),
+                _ => None,
+            })
+            .as_ref()
     }
 
     /// Weight bytes of each component and of their streaming units (for the residency
@@ -378,6 +415,13 @@ impl LtxI2vPipeline {
                 .first()
                 .copied()
                 .unwrap_or(128) as u64,
+            decode_tile: self.vae_tiling.as_ref().map(|t| {
+                [
+                    t.tile_frames as u64 + 1,
+                    t.tile_sample_height as u64,
+                    t.tile_sample_width as u64,
+                ]
+            }),
             elem: self.opts.dtype.elt_size_in_bytes() as u64,
         })
     }
@@ -666,7 +710,10 @@ impl LtxI2vPipeline {
             None
         };
         tch::manual_seed(p.decoder_noise_seed as i64);
-        let video = self.vae.decode(&z, temb.as_ref())?;
+        let video = match &self.vae_tiling {
+            Some(cfg) => decode_tiled(&self.vae, &z, temb.as_ref(), cfg, self.kernels())?,
+            None => self.vae.decode(&z, temb.as_ref())?,
+        };
         let frames = (video.f_to_kind(Kind::Float)? * 0.5 + 0.5).f_clamp(0.0, 1.0)?;
         Ok(frames
             .f_select(0, 0)?

@@ -211,3 +211,53 @@ fn an_injected_out_of_memory_is_retried_one_rung_down_with_the_same_video() {
     assert!(note.unwrap().contains("retried in sequential"));
     assert!(got.equal(&want));
 }
+
+#[test]
+fn tiled_decoding_in_the_pipeline_keeps_the_shape_and_range() {
+    use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    };
+    let image = RgbImage {
+        width: 96,
+        height: 64,
+        data: (0..96 * 64 * 3).map(|i| (i * 5 % 251) as u8).collect(),
+    };
+    let p = I2vParams {
+        prompt: "tiles".into(),
+        height: 64,
+        width: 96,
+        num_frames: 9,
+        steps: 2,
+        seed: 4,
+        ..I2vParams::default()
+    };
+    let mut pipe = demo_pipeline(opts, 128).unwrap();
+    let untiled = pipe.generate(&image, &p, &mut |_| {}).unwrap();
+    for mode in [TilingMode::Weighted, TilingMode::DiffusersCompatible] {
+        let cfg = TileConfig {
+            mode,
+            tile_sample_height: 64,
+            tile_sample_width: 64,
+            stride_sample_height: 32,
+            stride_sample_width: 32,
+            ..TileConfig::default()
+        };
+        pipe.set_vae_tiling(Some(cfg)).unwrap();
+        let tiled = pipe.generate(&image, &p, &mut |_| {}).unwrap();
+        assert_eq!(tiled.size(), untiled.size(), "{mode:?}");
+        let (lo, hi) = (tiled.min().double_value(&[]), tiled.max().double_value(&[]));
+        assert!(
+            (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi),
+            "{mode:?}"
+        );
+        assert!(!tiled.equal(&untiled), "{mode:?}: the decode was not tiled");
+    }
+    let bad = TileConfig {
+        stride_sample_width: 8,
+        ..TileConfig::default()
+    };
+    assert!(pipe.set_vae_tiling(Some(bad)).is_err());
+}

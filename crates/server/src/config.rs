@@ -66,6 +66,25 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_ENABLE_ATTENTION_SLICING", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub ltx_enable_attention_slicing: bool,
 
+    /// The original service's VAE-tiling switch: decode the video in overlapping tiles, so the
+    /// decoder never holds the whole video's activations (the residency manager also turns it
+    /// on for a job whose decode would not fit the budget).
+    #[arg(long, env = "LTX_ENABLE_VAE_TILING", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub ltx_enable_vae_tiling: bool,
+
+    /// How tiles are combined: weighted (feathered, closest to the untiled decode) or diffusers
+    /// (diffusers' enable_tiling() exactly).
+    #[arg(long, env = "LTX_VAE_TILING_MODE", default_value = "weighted")]
+    pub ltx_vae_tiling_mode: String,
+
+    /// Tile size in output pixels (height and width).
+    #[arg(long, env = "LTX_VAE_TILE_SIZE", default_value_t = 512)]
+    pub ltx_vae_tile_size: i64,
+
+    /// Distance between tile starts in output pixels (tile size − overlap).
+    #[arg(long, env = "LTX_VAE_TILE_STRIDE", default_value_t = 448)]
+    pub ltx_vae_tile_stride: i64,
+
     /// GPU memory the LTX-Video family may use: `auto` (free memory minus 1 GiB), a fraction of
     /// the device (`0.8`) or a size (`12GiB`). A job whose estimated peak exceeds it runs in a
     /// more frugal offload mode.
@@ -124,6 +143,9 @@ impl ServeConfig {
         if let Err(e) = self.attention_backend() {
             return bad(format!("--ltx-attention (LTX_ATTENTION): {e}"));
         }
+        if let Err(e) = self.tile_config() {
+            return bad(e);
+        }
         if let Err(e) = self.ltx_vram_budget.parse::<ltx_pipelines::BudgetSpec>() {
             return bad(format!("--ltx-vram-budget (LTX_VRAM_BUDGET): {e}"));
         }
@@ -154,6 +176,34 @@ impl ServeConfig {
             self.ltx_enable_cpu_offload,
             self.ltx_enable_sequential_cpu_offload,
         )
+    }
+
+    /// The tiling settings (used when tiling is on, by the switch or the residency manager).
+    pub fn tile_config(&self) -> Result<ltx_pipelines::tiled_decode::TileConfig, String> {
+        use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
+        let mode = match self.ltx_vae_tiling_mode.trim().to_ascii_lowercase().as_str() {
+            "weighted" => TilingMode::Weighted,
+            "diffusers" => TilingMode::DiffusersCompatible,
+            other => {
+                return Err(format!(
+                    "--ltx-vae-tiling-mode (LTX_VAE_TILING_MODE) {other:?}: expected weighted or diffusers"
+                ))
+            }
+        };
+        if self.ltx_vae_tile_stride < 32 || self.ltx_vae_tile_stride > self.ltx_vae_tile_size {
+            return Err(format!(
+                "--ltx-vae-tile-stride ({}) must be in [32, --ltx-vae-tile-size ({})]",
+                self.ltx_vae_tile_stride, self.ltx_vae_tile_size
+            ));
+        }
+        Ok(TileConfig {
+            mode,
+            tile_sample_height: self.ltx_vae_tile_size,
+            tile_sample_width: self.ltx_vae_tile_size,
+            stride_sample_height: self.ltx_vae_tile_stride,
+            stride_sample_width: self.ltx_vae_tile_stride,
+            ..TileConfig::default()
+        })
     }
 
     /// The attention backend the settings select.

@@ -98,6 +98,8 @@ impl AppState {
                     .ltx_vram_budget
                     .parse()
                     .map_err(ServerError::Config)?,
+                tiling: config.tile_config().map_err(ServerError::Config)?,
+                tiling_on: config.ltx_enable_vae_tiling,
                 family: family.clone(),
                 metrics: metrics.clone(),
                 retention: config.retention(),

@@ -12,6 +12,7 @@ use ltx_gpu::device::ResolvedDevice;
 use ltx_models::ModelError;
 use ltx_pipelines::budget::{self, LadderError};
 use ltx_pipelines::demo::demo_pipeline;
+use ltx_pipelines::tiled_decode::TileConfig;
 use ltx_pipelines::video::write_mp4;
 use ltx_pipelines::{BudgetSpec, LtxI2vPipeline, MemoryOptions, Progress};
 use tch::Kind;
@@ -30,6 +31,9 @@ pub struct WorkerConfig {
     pub memory: MemoryOptions,
     /// VRAM budget for the residency manager (CUDA only).
     pub budget: BudgetSpec,
+    /// Tiled decoding settings, and whether the switch turns tiling on for every job.
+    pub tiling: TileConfig,
+    pub tiling_on: bool,
     pub family: Family,
     pub metrics: Arc<Metrics>,
     pub retention: Retention,
@@ -251,6 +255,8 @@ fn load(
         f.load_seconds = Some(secs);
         f.loads += 1;
     });
+    let mut loaded = loaded;
+    loaded.set_vae_tiling(cfg.tiling_on.then(|| cfg.tiling.clone()))?;
     report_placement(cfg, &loaded);
     tracing::info!(
         weight_bytes = loaded.weight_bytes(),
@@ -264,24 +270,41 @@ fn is_out_of_memory(e: &ModelError) -> bool {
     e.to_string().contains("out of memory")
 }
 
-/// GPU only: the mode this job should run in, given the budget and the loaded model's sizes.
+/// GPU only: the mode this job should run in, given the budget and the loaded model's sizes;
+/// when even that would not fit and tiling is off, tiling is turned on for the job (the
+/// returned flag).
 fn decide(
     cfg: &WorkerConfig,
-    pipe: &LtxI2vPipeline,
+    pipe: &mut LtxI2vPipeline,
     params: &ltx_pipelines::I2vParams,
-) -> Option<budget::Decision> {
+) -> Result<Option<(budget::Decision, bool)>, ModelError> {
+    pipe.set_vae_tiling(cfg.tiling_on.then(|| cfg.tiling.clone()))?;
     let ResolvedDevice::Cuda(d) = &cfg.device else {
-        return None;
+        return Ok(None);
     };
-    let (free, total) = d.mem_info().ok()?;
+    let Ok((free, total)) = d.mem_info() else {
+        return Ok(None);
+    };
     let reserved = d.memory_stats().map_or(0, |m| m.reserved_bytes);
     let budget_bytes = cfg.budget.bytes(free as u64, total as u64, reserved);
-    Some(budget::choose(
+    let configured = (cfg.memory.mode, cfg.memory.prefetch);
+    let d = budget::choose(
         &pipe.workload(params),
         &pipe.component_sizes(),
-        (cfg.memory.mode, cfg.memory.prefetch),
+        configured,
         budget_bytes,
-    ))
+    );
+    if d.estimate_bytes <= budget_bytes || cfg.tiling_on {
+        return Ok(Some((d, false)));
+    }
+    pipe.set_vae_tiling(Some(cfg.tiling.clone()))?;
+    let tiled = budget::choose(
+        &pipe.workload(params),
+        &pipe.component_sizes(),
+        configured,
+        budget_bytes,
+    );
+    Ok(Some((tiled, true)))
 }
 
 /// Where the loaded model's weights are now, into the family report.
@@ -321,21 +344,35 @@ fn run_job(
         timer.enter(job, Stage::Loading);
         *pipeline = Some(load(cfg, cfg.memory, msl)?);
     }
-    // The residency manager (GPU): a job that would not fit runs in a more frugal mode.
-    if let Some(loaded) = pipeline.as_ref() {
-        if let Some(d) = decide(cfg, &loaded.pipe, &work.params) {
+    // The residency manager (GPU): a job that would not fit runs in a more frugal mode, with
+    // tiled decoding if even that would not fit.
+    let mut job_tiling = cfg.tiling_on;
+    if let Some(loaded) = pipeline.as_mut() {
+        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, &work.params)? {
+            job_tiling |= tiling;
             let want = MemoryOptions {
                 mode: d.mode,
                 prefetch: d.prefetch,
             };
-            if let Some(why) = &d.reason {
+            let mut reason = d.reason.clone();
+            if tiling {
+                let why = "the untiled decode would not fit: VAE tiling on for this job";
+                reason = Some(match reason {
+                    Some(r) => format!("{r}; {why}"),
+                    None => why.to_string(),
+                });
+            }
+            if let Some(why) = &reason {
                 tracing::info!("residency: {why}");
             }
             if want != loaded.mem {
                 *pipeline = None;
                 release_cache(&cfg.device, "before re-placing the model");
                 timer.enter(job, Stage::Loading);
-                *pipeline = Some(load(cfg, want, msl)?);
+                let mut l = load(cfg, want, msl)?;
+                l.pipe
+                    .set_vae_tiling((cfg.tiling_on || tiling).then(|| cfg.tiling.clone()))?;
+                *pipeline = Some(l);
             }
             job.update(|s| {
                 s.memory = Some(JobMemory {
@@ -343,7 +380,7 @@ fn run_job(
                     prefetch: d.prefetch,
                     estimate_bytes: d.estimate_bytes,
                     budget_bytes: d.budget_bytes,
-                    reason: d.reason.clone(),
+                    reason: reason.clone(),
                     fallback: None,
                 })
             });
@@ -364,7 +401,10 @@ fn run_job(
                 release_cache(&cfg.device, "after running out of memory");
                 timer.enter(job, Stage::Loading);
                 job.update(|s| s.step = 0);
-                *pipeline = Some(load(cfg, MemoryOptions { mode, prefetch }, msl)?);
+                let mut l = load(cfg, MemoryOptions { mode, prefetch }, msl)?;
+                l.pipe
+                    .set_vae_tiling(job_tiling.then(|| cfg.tiling.clone()))?;
+                *pipeline = Some(l);
             }
             let loaded = pipeline
                 .as_ref()

@@ -66,13 +66,12 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Ch
     }
     if let Some(m) = mask {
         let ms = m.size();
-        let key_only = ms.len() == 4
-            && (ms[0] == b || ms[0] == 1)
-            && ms[1] == 1
-            && ms[2] == 1
-            && ms[3] == sk;
+        let key_only =
+            ms.len() == 4 && (ms[0] == b || ms[0] == 1) && ms[1] == 1 && ms[2] == 1 && ms[3] == sk;
         if !key_only {
-            return bad(format!("mask {ms:?}: only a key mask [B, 1, 1, {sk}] is supported"));
+            return bad(format!(
+                "mask {ms:?}: only a key mask [B, 1, 1, {sk}] is supported"
+            ));
         }
         if m.device() != dev {
             return bad(format!("mask is on {:?}", m.device()));
@@ -146,7 +145,11 @@ pub fn sliced_attention(
     };
     let func = format!(
         "sliced_attention_{}_d{}",
-        if c.kind == Kind::BFloat16 { "bf16" } else { "f16" },
+        if c.kind == Kind::BFloat16 {
+            "bf16"
+        } else {
+            "f16"
+        },
         c.d
     );
     let function = registry.function(KERNEL, &func)?;
@@ -241,12 +244,21 @@ mod tests {
         let want = reference(&q, &k, &v, Some(&mask), 0.25);
         for chunk in [1, 5, 16, 37, 100] {
             let got = chunked_attention(&q, &k, &v, Some(&mask), Some(0.25), chunk).unwrap();
-            let err = (got.to_kind(Kind::Double) - &want).abs().max().double_value(&[]);
+            let err = (got.to_kind(Kind::Double) - &want)
+                .abs()
+                .max()
+                .double_value(&[]);
             assert!(err < 1e-5, "chunk {chunk}: {err}");
         }
         let got = chunked_attention(&q, &k, &v, None, None, 8).unwrap();
         let want = reference(&q, &k, &v, None, 0.25);
-        assert!((got.to_kind(Kind::Double) - want).abs().max().double_value(&[]) < 1e-5);
+        assert!(
+            (got.to_kind(Kind::Double) - want)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-5
+        );
     }
 
     #[test]
