@@ -149,7 +149,7 @@ fn math(
         .f_matmul(&k.f_to_kind(Kind::Float)?.f_transpose(-2, -1)?)?
         * scale;
     if let Some(m) = mask {
-        s = s + m.f_to_kind(Kind::Float)?;
+        s += m.f_to_kind(Kind::Float)?;
     }
     Ok(s.f_softmax(-1, Kind::Float)?
         .f_matmul(&v.f_to_kind(Kind::Float)?)?

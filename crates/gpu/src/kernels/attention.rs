@@ -58,7 +58,10 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Ch
             return bad(format!("{name} is {:?} on {:?}", t.kind(), t.device()));
         }
         let st = t.stride();
-        if st[3] != 1 || st[..3].iter().any(|s| s % 2 != 0) || t.data_ptr() as usize % 4 != 0 {
+        if st[3] != 1
+            || st[..3].iter().any(|s| s % 2 != 0)
+            || !(t.data_ptr() as usize).is_multiple_of(4)
+        {
             return bad(format!(
                 "{name} strides {st:?}: D must be contiguous and rows 4-byte aligned"
             ));
@@ -205,7 +208,7 @@ pub fn chunked_attention(
             } else {
                 m.shallow_clone()
             };
-            s = s + mm.f_to_kind(Kind::Float)?;
+            s += mm.f_to_kind(Kind::Float)?;
         }
         let p = s.f_softmax(-1, Kind::Float)?;
         parts.push(p.f_matmul(&v32)?.f_to_kind(q.kind())?);
