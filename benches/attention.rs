@@ -59,7 +59,13 @@ const CASES: [Case; 3] = [
 ];
 
 /// diffusers' `AttnProcessor` with attention slicing.
-fn diffusers_sliced(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, slice: i64) -> Tensor {
+fn diffusers_sliced(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    slice: i64,
+) -> Tensor {
     let (b, h, sq, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
     let sk = k.size()[2];
     let scale = 1.0 / (d as f64).sqrt();
@@ -96,7 +102,10 @@ fn peak_extra(d: &CudaDevice, f: impl FnOnce() -> Tensor) -> f64 {
     let _ = d.reset_peak_stats();
     let out = f();
     tch::Cuda::synchronize(d.index() as i64);
-    let peak = d.memory_stats().map(|m| m.peak_allocated_bytes).unwrap_or(0);
+    let peak = d
+        .memory_stats()
+        .map(|m| m.peak_allocated_bytes)
+        .unwrap_or(0);
     let out_bytes = out.numel() as u64 * out.kind().elt_size_in_bytes() as u64;
     peak.saturating_sub(before + out_bytes) as f64 / (1 << 20) as f64
 }
@@ -141,7 +150,9 @@ fn attention_bench(c: &mut Criterion) {
         });
         let group_name = format!("attention/{dev_name}");
         let shape = format!("{}_b{b}h{h}s{sq}k{sk}d{hd}", case.name);
-        let sdpa = || Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false);
+        let sdpa = || {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, false, None, false)
+        };
         let ours = || sliced_attention(&registry, &q, &k, &v, mask.as_ref(), None).unwrap();
         let theirs = || diffusers_sliced(&q, &k, &v, mask.as_ref(), (h / 2).max(1));
         for (method, mib) in [

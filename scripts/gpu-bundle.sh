@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the GPU suite here (no GPU needed) into a self-contained folder to copy to a GPU host:
-#   gpu-bundle/{ltx-i2v, gpu-tests, bench-kernels, bench-attention, run.sh}
+#   gpu-bundle/{ltx-i2v, gpu-tests, bench-kernels, bench-attention, bench-vae, run.sh}
 # On the GPU host (torch 2.11.0+cu130 for python3; no Rust, no network): `gpu-bundle/run.sh`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +29,8 @@ main=$(cargo build --release --bin ltx-i2v --message-format=json | executable lt
 tests=$(cargo test --release --test gpu --no-run --message-format=json | executable gpu)
 bench=$(cargo bench --bench kernels --no-run --message-format=json | executable kernels)
 attn=$(cargo bench --bench attention --no-run --message-format=json | executable attention)
-[ -n "$main" ] && [ -n "$tests" ] && [ -n "$bench" ] && [ -n "$attn" ] || { echo "gpu-bundle: cargo did not report every executable" >&2; exit 1; }
+vae=$(cargo bench --bench vae_decode --no-run --message-format=json | executable vae_decode)
+[ -n "$main" ] && [ -n "$tests" ] && [ -n "$bench" ] && [ -n "$attn" ] && [ -n "$vae" ] || { echo "gpu-bundle: cargo did not report every executable" >&2; exit 1; }
 
 rm -rf "$out"
 mkdir -p "$out"
@@ -37,7 +38,8 @@ cp "$main" "$out/ltx-i2v"
 cp "$tests" "$out/gpu-tests"
 cp "$bench" "$out/bench-kernels"
 cp "$attn" "$out/bench-attention"
-strip "$out/ltx-i2v" "$out/gpu-tests" "$out/bench-kernels" "$out/bench-attention"
+cp "$vae" "$out/bench-vae"
+strip "$out/ltx-i2v" "$out/gpu-tests" "$out/bench-kernels" "$out/bench-attention" "$out/bench-vae"
 cp scripts/gpu-runner.sh "$out/run.sh"
 chmod +x "$out/run.sh"
 

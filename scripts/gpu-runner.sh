@@ -29,6 +29,8 @@ cat "$results/doctor.txt"
 "$here/gpu-tests" --test-threads=1 >"$results/tests.txt" 2>"$results/tests.stderr.txt" || status=1
 "$here/bench-kernels" --bench >"$results/bench.txt" 2>&1 || status=1
 "$here/bench-attention" --bench >"$results/bench-attention.txt" 2>&1 || status=1
+# 41 frames keeps the run short; LTX_BENCH_VAE_FRAMES=121 for the full 768x512x121.
+LTX_BENCH_VAE_FRAMES=${LTX_BENCH_VAE_FRAMES:-41} "$here/bench-vae" --bench >"$results/bench-vae.txt" 2>&1 || status=1
 # Memory modes on an LTX-2B-shaped transformer (28 blocks, D=2048, 6144 tokens, batch 2).
 "$here/ltx-i2v" bench offload --json "$results/offload.json" >"$results/offload.txt" 2>&1 || status=1
 cat "$results/offload.txt"
@@ -65,13 +67,18 @@ for bid, ns in sorted(means.items()):
         ref = bid.replace("/kernel/", "/tch_reference/")
         if ref in means:
             rows.append(("bench", bid.replace("/kernel/", "/kernel-vs-tch/"), f"{means[ref] / ns:.2f}x faster than tch"))
-        dif = bid.replace("/kernel/", "/diffusers_sliced/")
-        if dif in means:
-            rows.append(("bench", bid.replace("/kernel/", "/kernel-vs-diffusers-sliced/"), f"{means[dif] / ns:.2f}x faster than diffusers' sliced attention"))
-attn_log = os.path.join(results, "bench-attention.txt")
-if os.path.exists(attn_log):
-    for name, mib in re.findall(r"^memory (\S+): ([0-9.]+) MiB", open(attn_log).read(), re.M):
-        rows.append(("bench", "peak-extra/" + name, f"{mib} MiB"))
+        for other, label in (("diffusers_sliced", "diffusers' sliced attention"), ("diffusers_tiled", "diffusers' tiled decode")):
+            dif = bid.replace("/kernel/", f"/{other}/")
+            if dif in means:
+                rows.append(("bench", bid.replace("/kernel/", f"/kernel-vs-{other}/"), f"{means[dif] / ns:.2f}x faster than {label}"))
+for log in ("bench-attention.txt", "bench-vae.txt"):
+    path = os.path.join(results, log)
+    if os.path.exists(path):
+        text = open(path).read()
+        for name, value in re.findall(r"^memory (\S+): (.+)$", text, re.M):
+            rows.append(("bench", "peak-memory/" + name, value))
+        for name, db in re.findall(r"^psnr (\S+): (.+)$", text, re.M):
+            rows.append(("bench", "psnr-vs-untiled/" + name, db))
 off = os.path.join(results, "offload.json")
 if os.path.exists(off):
     o = json.load(open(off))

@@ -1,0 +1,144 @@
+//! VAE decode microbenchmark (GPU): a 0.9.1-shaped LTX decoder with random bf16 weights at
+//! 768×512 and `LTX_BENCH_VAE_FRAMES` frames (default 121), decoded three ways in the same run:
+//! untiled (`tch_reference/`), diffusers-compatible tiling (`diffusers_tiled/`: 512 px tiles
+//! every 448 px, 16/8 frames, framewise) and our weighted tiling with the accumulate kernel
+//! (`kernel/`). Before the timed runs each method's peak memory and PSNR against the untiled
+//! decode (same noise seed) are printed as `memory <id>: N MiB` and `psnr <id>: X dB`. An
+//! untiled decode that does not fit is reported as out of memory. Without a CUDA device it
+//! prints `skipped: no CUDA device (…)`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ltx_gpu::cuda::{self, CudaDevice};
+use ltx_gpu::kernels::KernelRegistry;
+use ltx_models::ltx::single_file::{released_vae_config, VaeLayout};
+use ltx_models::ltx::LtxVae;
+use ltx_models::weights::WeightStore;
+use ltx_pipelines::tiled_decode::{decode_tiled, TileConfig, TilingMode};
+use tch::{Device, Kind, Tensor};
+
+fn peak_mib(d: &CudaDevice, f: impl FnOnce() -> Option<Tensor>) -> (Option<Tensor>, f64) {
+    tch::Cuda::synchronize(d.index() as i64);
+    let before = d.memory_stats().map(|m| m.allocated_bytes).unwrap_or(0);
+    let _ = d.reset_peak_stats();
+    let out = f();
+    tch::Cuda::synchronize(d.index() as i64);
+    let peak = d
+        .memory_stats()
+        .map(|m| m.peak_allocated_bytes)
+        .unwrap_or(0);
+    (out, peak.saturating_sub(before) as f64 / (1 << 20) as f64)
+}
+
+fn psnr(a: &Tensor, b: &Tensor) -> f64 {
+    // Decoder output in [-1, 1]: peak-to-peak 2.
+    let mse = (a.to_kind(Kind::Float) - b.to_kind(Kind::Float))
+        .square()
+        .mean(Kind::Float)
+        .double_value(&[]);
+    10.0 * (4.0 / mse).log10()
+}
+
+fn vae_bench(c: &mut Criterion) {
+    let d = match cuda::open(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            return;
+        }
+    };
+    let registry = KernelRegistry::new(d.clone()).ok();
+    let gpu = Device::Cuda(d.index());
+    let index = d.index() as i64;
+    let frames: i64 = std::env::var("LTX_BENCH_VAE_FRAMES")
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .filter(|f: &i64| *f >= 1 && (f - 1) % 8 == 0)
+        .unwrap_or(121);
+    let cfg = released_vae_config(VaeLayout::V091);
+    tch::manual_seed(0);
+    let store = WeightStore::random(Kind::BFloat16, gpu);
+    let vae = match tch::no_grad(|| LtxVae::new(&store.root(), cfg.clone())) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("vae bench: {e}");
+            return;
+        }
+    };
+    let (lf, lh, lw) = ((frames - 1) / 8 + 1, 512 / 32, 768 / 32);
+    let z = Tensor::randn([1, cfg.latent_channels, lf, lh, lw], (Kind::BFloat16, gpu));
+    let t = Tensor::from_slice(&[0.05f32])
+        .to_device(gpu)
+        .to_kind(Kind::BFloat16);
+    let temb = cfg.timestep_conditioning.then_some(&t);
+    let name = d.name().unwrap_or_else(|_| "cuda".into()).replace(' ', "_");
+    let group_name = format!("vae_decode/{name}");
+    let shape = format!("768x512x{frames}");
+    let diffusers = TileConfig {
+        mode: TilingMode::DiffusersCompatible,
+        ..TileConfig::default()
+    };
+    let weighted = TileConfig::default();
+    let untiled = || {
+        tch::manual_seed(1);
+        tch::no_grad(|| vae.decode(&z, temb))
+    };
+    let tiled = |cfg: &TileConfig| {
+        tch::manual_seed(1);
+        tch::no_grad(|| decode_tiled(&vae, &z, temb, cfg, registry.as_ref()))
+    };
+
+    let (reference, mib) = peak_mib(&d, || match untiled() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            println!("memory {group_name}/tch_reference/{shape}: out of memory ({e})");
+            None
+        }
+    });
+    let fits = reference.is_some();
+    if fits {
+        println!("memory {group_name}/tch_reference/{shape}: {mib:.1} MiB");
+    }
+    let _ = d.empty_cache();
+    for (method, cfg) in [("diffusers_tiled", &diffusers), ("kernel", &weighted)] {
+        let (out, mib) = peak_mib(&d, || tiled(cfg).ok());
+        println!("memory {group_name}/{method}/{shape}: {mib:.1} MiB");
+        if let (Some(o), Some(r)) = (&out, &reference) {
+            println!("psnr {group_name}/{method}/{shape}: {:.2} dB", psnr(o, r));
+        }
+        drop(out);
+        let _ = d.empty_cache();
+    }
+    drop(reference);
+
+    let mut group = c.benchmark_group(&group_name);
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    if fits {
+        group.bench_function(format!("tch_reference/{shape}"), |b| {
+            b.iter_custom(|iters| timed(index, iters, || drop(untiled())))
+        });
+    }
+    group.bench_function(format!("diffusers_tiled/{shape}"), |b| {
+        b.iter_custom(|iters| timed(index, iters, || drop(tiled(&diffusers))))
+    });
+    group.bench_function(format!("kernel/{shape}"), |b| {
+        b.iter_custom(|iters| timed(index, iters, || drop(tiled(&weighted))))
+    });
+    group.finish();
+}
+
+/// Runs `f` `iters` times; the device is synchronised before the clock starts and stops.
+fn timed(device: i64, iters: u64, mut f: impl FnMut()) -> Duration {
+    tch::Cuda::synchronize(device);
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    tch::Cuda::synchronize(device);
+    start.elapsed()
+}
+
+criterion_group!(benches, vae_bench);
+criterion_main!(benches);
