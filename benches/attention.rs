@@ -7,10 +7,13 @@
 //! extra memory is measured once and printed as `memory <id>: N MiB`. Without a CUDA device
 //! the bench prints `skipped: no CUDA device (…)`.
 
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{mib, peak_above_start, timed};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ltx_gpu::cuda::{self, CudaDevice};
+use ltx_gpu::cuda;
 use ltx_gpu::kernels::attention::sliced_attention;
 use ltx_gpu::kernels::KernelRegistry;
 use tch::{Device, Kind, Tensor};
@@ -96,18 +99,11 @@ fn diffusers_sliced(
     out.reshape([b, h, sq, d])
 }
 
-fn peak_extra(d: &CudaDevice, f: impl FnOnce() -> Tensor) -> f64 {
-    tch::Cuda::synchronize(d.index() as i64);
-    let before = d.memory_stats().map(|m| m.allocated_bytes).unwrap_or(0);
-    let _ = d.reset_peak_stats();
-    let out = f();
-    tch::Cuda::synchronize(d.index() as i64);
-    let peak = d
-        .memory_stats()
-        .map(|m| m.peak_allocated_bytes)
-        .unwrap_or(0);
+/// Peak extra memory of one call, less its output.
+fn peak_extra(d: &ltx_gpu::cuda::CudaDevice, f: impl FnOnce() -> Tensor) -> f64 {
+    let (out, peak) = peak_above_start(d, f);
     let out_bytes = out.numel() as u64 * out.kind().elt_size_in_bytes() as u64;
-    peak.saturating_sub(before + out_bytes) as f64 / (1 << 20) as f64
+    mib(peak.saturating_sub(out_bytes))
 }
 
 fn attention_bench(c: &mut Criterion) {
@@ -177,17 +173,6 @@ fn attention_bench(c: &mut Criterion) {
         });
         group.finish();
     }
-}
-
-/// Runs `f` `iters` times; the device is synchronised before the clock starts and stops.
-fn timed(device: i64, iters: u64, mut f: impl FnMut()) -> Duration {
-    tch::Cuda::synchronize(device);
-    let start = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    tch::Cuda::synchronize(device);
-    start.elapsed()
 }
 
 criterion_group!(benches, attention_bench);

@@ -2,7 +2,9 @@
 //! same device in the same run; throughput is bytes moved per launch. Without a CUDA device
 //! the bench prints `skipped: no CUDA device (…)`.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ltx_gpu::cuda;
@@ -57,44 +59,28 @@ fn tile_accumulate_bench(c: &mut Criterion) {
     let index = d.index() as i64;
     group.bench_function(format!("kernel/{shape}"), |b| {
         b.iter_custom(|iters| {
-            timed_on_device(index, iters, || {
+            common::timed(index, iters, || {
                 let mut canvas = Canvas {
                     out: &mut out,
                     wsum: &mut wsum,
                 };
                 tile_accumulate::accumulate(Some(&registry), &mut canvas, &tile, at)
+                    .expect("the kernel launch")
             })
         })
     });
     group.bench_function(format!("tch_reference/{shape}"), |b| {
         b.iter_custom(|iters| {
-            timed_on_device(index, iters, || {
+            common::timed(index, iters, || {
                 let mut canvas = Canvas {
                     out: &mut out,
                     wsum: &mut wsum,
                 };
-                tile_accumulate::reference(&mut canvas, &tile, at)
+                tile_accumulate::reference(&mut canvas, &tile, at).expect("the tch reference")
             })
         })
     });
     group.finish();
-}
-
-/// Runs `f` `iters` times; the device is synchronised before the clock starts and before it stops.
-fn timed_on_device<E: std::fmt::Display>(
-    device: i64,
-    iters: u64,
-    mut f: impl FnMut() -> Result<(), E>,
-) -> Duration {
-    tch::Cuda::synchronize(device);
-    let start = Instant::now();
-    for _ in 0..iters {
-        if let Err(e) = f() {
-            panic!("benchmark body failed: {e}");
-        }
-    }
-    tch::Cuda::synchronize(device);
-    start.elapsed()
 }
 
 criterion_group!(benches, tile_accumulate_bench);

@@ -7,29 +7,19 @@
 //! untiled decode that does not fit is reported as out of memory. Without a CUDA device it
 //! prints `skipped: no CUDA device (…)`.
 
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{mib, peak_above_start, timed};
 use criterion::{criterion_group, criterion_main, Criterion};
-use ltx_gpu::cuda::{self, CudaDevice};
+use ltx_gpu::cuda;
 use ltx_gpu::kernels::KernelRegistry;
 use ltx_models::ltx::single_file::{released_vae_config, VaeLayout};
 use ltx_models::ltx::LtxVae;
 use ltx_models::weights::WeightStore;
 use ltx_pipelines::tiled_decode::{decode_tiled, TileConfig, TilingMode};
 use tch::{Device, Kind, Tensor};
-
-fn peak_mib(d: &CudaDevice, f: impl FnOnce() -> Option<Tensor>) -> (Option<Tensor>, f64) {
-    tch::Cuda::synchronize(d.index() as i64);
-    let before = d.memory_stats().map(|m| m.allocated_bytes).unwrap_or(0);
-    let _ = d.reset_peak_stats();
-    let out = f();
-    tch::Cuda::synchronize(d.index() as i64);
-    let peak = d
-        .memory_stats()
-        .map(|m| m.peak_allocated_bytes)
-        .unwrap_or(0);
-    (out, peak.saturating_sub(before) as f64 / (1 << 20) as f64)
-}
 
 fn psnr(a: &Tensor, b: &Tensor) -> f64 {
     // Decoder output in [-1, 1]: peak-to-peak 2.
@@ -89,7 +79,7 @@ fn vae_bench(c: &mut Criterion) {
         tch::no_grad(|| decode_tiled(&vae, &z, temb, cfg, registry.as_ref()))
     };
 
-    let (reference, mib) = peak_mib(&d, || match untiled() {
+    let (reference, peak) = peak_above_start(&d, || match untiled() {
         Ok(v) => Some(v),
         Err(e) => {
             println!("memory {group_name}/tch_reference/{shape}: out of memory ({e})");
@@ -98,12 +88,15 @@ fn vae_bench(c: &mut Criterion) {
     });
     let fits = reference.is_some();
     if fits {
-        println!("memory {group_name}/tch_reference/{shape}: {mib:.1} MiB");
+        println!(
+            "memory {group_name}/tch_reference/{shape}: {:.1} MiB",
+            mib(peak)
+        );
     }
     let _ = d.empty_cache();
     for (method, cfg) in [("diffusers_tiled", &diffusers), ("kernel", &weighted)] {
-        let (out, mib) = peak_mib(&d, || tiled(cfg).ok());
-        println!("memory {group_name}/{method}/{shape}: {mib:.1} MiB");
+        let (out, peak) = peak_above_start(&d, || tiled(cfg).ok());
+        println!("memory {group_name}/{method}/{shape}: {:.1} MiB", mib(peak));
         if let (Some(o), Some(r)) = (&out, &reference) {
             println!("psnr {group_name}/{method}/{shape}: {:.2} dB", psnr(o, r));
         }
@@ -127,17 +120,6 @@ fn vae_bench(c: &mut Criterion) {
         b.iter_custom(|iters| timed(index, iters, || drop(tiled(&weighted))))
     });
     group.finish();
-}
-
-/// Runs `f` `iters` times; the device is synchronised before the clock starts and stops.
-fn timed(device: i64, iters: u64, mut f: impl FnMut()) -> Duration {
-    tch::Cuda::synchronize(device);
-    let start = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    tch::Cuda::synchronize(device);
-    start.elapsed()
 }
 
 criterion_group!(benches, vae_bench);

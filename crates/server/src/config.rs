@@ -171,8 +171,8 @@ impl ServeConfig {
     }
 
     /// The memory mode the offload switches ask for.
-    pub fn ltx_offload(&self) -> crate::family::OffloadMode {
-        crate::family::OffloadMode::from_switches(
+    pub fn ltx_offload(&self) -> ltx_pipelines::OffloadMode {
+        ltx_pipelines::OffloadMode::from_switches(
             self.ltx_enable_cpu_offload,
             self.ltx_enable_sequential_cpu_offload,
         )

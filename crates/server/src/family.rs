@@ -39,8 +39,7 @@ impl FamilyState {
     }
 }
 
-/// The memory modes of the original service's switches: `LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD`
-/// → `sequential` (wins over the other), else `LTX_ENABLE_CPU_OFFLOAD` → `model`, else `none`.
+/// A memory mode as the API reports it (the wire form of [`ltx_pipelines::OffloadMode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OffloadMode {
@@ -52,32 +51,12 @@ pub enum OffloadMode {
     None,
 }
 
-impl OffloadMode {
-    pub fn from_switches(cpu_offload: bool, sequential: bool) -> Self {
-        if sequential {
-            Self::Sequential
-        } else if cpu_offload {
-            Self::Model
-        } else {
-            Self::None
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Model => "model",
-            Self::Sequential => "sequential",
-            Self::None => "none",
-        }
-    }
-}
-
-impl From<OffloadMode> for ltx_pipelines::OffloadMode {
-    fn from(m: OffloadMode) -> Self {
+impl From<ltx_pipelines::OffloadMode> for OffloadMode {
+    fn from(m: ltx_pipelines::OffloadMode) -> Self {
         match m {
-            OffloadMode::Model => Self::Model,
-            OffloadMode::Sequential => Self::Sequential,
-            OffloadMode::None => Self::None,
+            ltx_pipelines::OffloadMode::Model => Self::Model,
+            ltx_pipelines::OffloadMode::Sequential => Self::Sequential,
+            ltx_pipelines::OffloadMode::None => Self::None,
         }
     }
 }
@@ -91,21 +70,20 @@ pub struct OffloadReport {
 }
 
 impl OffloadReport {
-    pub fn new(requested: OffloadMode, on_cuda: bool) -> Self {
-        if on_cuda || requested == OffloadMode::None {
+    pub fn new(requested: ltx_pipelines::OffloadMode, on_cuda: bool) -> Self {
+        if on_cuda || requested == ltx_pipelines::OffloadMode::None {
             return Self {
-                requested,
-                effective: requested,
+                requested: requested.into(),
+                effective: requested.into(),
                 note: None,
             };
         }
         Self {
-            requested,
+            requested: requested.into(),
             effective: OffloadMode::None,
             note: Some(format!(
-                "{} offload moves weights between the GPU and the host: on the CPU device it \
-                 is a no-op",
-                requested.as_str()
+                "{requested} offload moves weights between the GPU and the host: on the CPU \
+                 device it is a no-op"
             )),
         }
     }
@@ -166,21 +144,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn switches_map_to_modes_as_in_the_original_service() {
-        use OffloadMode::*;
-        assert_eq!(OffloadMode::from_switches(true, false), Model);
-        assert_eq!(OffloadMode::from_switches(true, true), Sequential);
-        assert_eq!(OffloadMode::from_switches(false, true), Sequential);
-        assert_eq!(OffloadMode::from_switches(false, false), None);
-    }
-
-    #[test]
     fn offload_on_the_cpu_is_reported_as_a_no_op() {
-        let r = OffloadReport::new(OffloadMode::Model, false);
+        use ltx_pipelines::OffloadMode as Mode;
+        let r = OffloadReport::new(Mode::Model, false);
         assert_eq!(r.effective, OffloadMode::None);
-        assert!(r.note.unwrap().contains("no-op"));
-        assert!(OffloadReport::new(OffloadMode::None, true).note.is_none());
-        let gpu = OffloadReport::new(OffloadMode::Sequential, true);
+        assert!(r.note.unwrap().contains("model offload"));
+        assert!(OffloadReport::new(Mode::None, true).note.is_none());
+        let gpu = OffloadReport::new(Mode::Sequential, true);
         assert_eq!(gpu.effective, OffloadMode::Sequential);
         assert!(gpu.note.is_none());
     }

@@ -91,7 +91,7 @@ impl AppState {
                 model: config.ltx_model.clone(),
                 device: resolved.clone(),
                 memory: ltx_pipelines::MemoryOptions {
-                    mode: config.ltx_offload().into(),
+                    mode: config.ltx_offload(),
                     prefetch: config.ltx_offload_prefetch,
                 },
                 budget: config

@@ -1,0 +1,36 @@
+//! Shared by the GPU benchmarks: device-synchronised timing and peak-memory measurement.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use ltx_gpu::cuda::CudaDevice;
+
+/// Runs `f` `iters` times; the device is synchronised before the clock starts and stops.
+pub fn timed(device: i64, iters: u64, mut f: impl FnMut()) -> Duration {
+    tch::Cuda::synchronize(device);
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    tch::Cuda::synchronize(device);
+    start.elapsed()
+}
+
+/// Runs `f` once and returns its value with the peak bytes torch's allocator held above what
+/// was allocated before it started.
+pub fn peak_above_start<T>(d: &CudaDevice, f: impl FnOnce() -> T) -> (T, u64) {
+    tch::Cuda::synchronize(d.index() as i64);
+    let before = d.memory_stats().map(|m| m.allocated_bytes).unwrap_or(0);
+    let _ = d.reset_peak_stats();
+    let out = f();
+    tch::Cuda::synchronize(d.index() as i64);
+    let peak = d
+        .memory_stats()
+        .map(|m| m.peak_allocated_bytes)
+        .unwrap_or(0);
+    (out, peak.saturating_sub(before))
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
