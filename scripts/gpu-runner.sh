@@ -91,8 +91,10 @@ else:
     log = open(os.path.join(results, "offload.txt")).read()
     rows.append(("bench", "offload", "skipped (no CUDA device)" if "skipped: no CUDA device" in log else "NO RESULTS: see offload.txt"))
 if not means:
-    bench_log = open(os.path.join(results, "bench.txt")).read()
-    rows.append(("bench", "kernels", "skipped (no CUDA device)" if "skipped: no CUDA device" in bench_log else "NO RESULTS: see bench.txt"))
+    for log, name in (("bench.txt", "kernels"), ("bench-attention.txt", "attention"), ("bench-vae.txt", "vae_decode")):
+        path = os.path.join(results, log)
+        text = open(path).read() if os.path.exists(path) else ""
+        rows.append(("bench", name, "skipped (no CUDA device)" if "skipped: no CUDA device" in text else f"NO RESULTS: see {log}"))
 w = max(len(r[1]) for r in rows) if rows else 10
 print()
 print(f"| kind  | {'name'.ljust(w)} | result")
