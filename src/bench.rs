@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// GPU: the memory modes (resident, model, sequential, synchronous baseline) on an
     /// LTX-shaped transformer, and host→device bandwidth raw vs the streamer's.
     Offload(crate::bench_offload::OffloadBench),
+    /// GPU: the whole pipeline (LTX-2B shapes) on simulated 16 GB and 8 GB cards in each
+    /// memory mode: completes or not, time, peak memory per stage.
+    Cards(crate::bench_cards::CardsBench),
     /// Bounded load test of the HTTP API on this machine (in-process server or a loopback --url).
     Http(crate::bench_http::HttpBench),
 }
@@ -159,6 +162,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(b) => b,
         BenchCommand::Http(h) => return crate::bench_http::run(h),
         BenchCommand::Offload(o) => return crate::bench_offload::run(o),
+        BenchCommand::Cards(c) => return crate::bench_cards::run(c),
     };
     let py = python_ready(&b);
     if !b.model_dir.join("model_index.json").is_file() {

@@ -2,6 +2,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
+mod bench_cards;
 mod bench_http;
 mod bench_offload;
 mod doctor;

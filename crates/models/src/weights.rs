@@ -37,6 +37,8 @@ pub struct WeightStore {
     used: RefCell<HashSet<String>>,
     loaded_bytes: std::cell::Cell<u64>,
     handed_out: RefCell<Vec<(String, Tensor)>>,
+    /// Random stores: where the random numbers are drawn (then moved to `device`).
+    generate_on: Option<Device>,
     description: String,
     kind: Kind,
     device: Device,
@@ -197,6 +199,7 @@ impl WeightStore {
             used: RefCell::default(),
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: RefCell::default(),
+            generate_on: None,
             description,
             kind,
             device,
@@ -213,9 +216,19 @@ impl WeightStore {
             used: RefCell::default(),
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: RefCell::default(),
+            generate_on: None,
             description: "random weights (demo model)".into(),
             kind,
             device,
+        }
+    }
+
+    /// Like [`WeightStore::random`], drawing the numbers on `generate_on` (e.g. a GPU, much
+    /// faster for billions of weights) and keeping the tensors on `device`.
+    pub fn random_generated_on(kind: Kind, device: Device, generate_on: Device) -> Self {
+        Self {
+            generate_on: Some(generate_on),
+            ..Self::random(kind, device)
         }
     }
 
@@ -283,7 +296,8 @@ impl WeightStore {
 
     fn load_uncounted(&self, name: &str, expected: &[i64], kind: Kind) -> Result<Tensor> {
         if self.random {
-            return Self::random_tensor(name, expected, kind, self.device);
+            let on = self.generate_on.unwrap_or(self.device);
+            return Ok(Self::random_tensor(name, expected, kind, on)?.f_to_device(self.device)?);
         }
         let entry = self
             .index

@@ -9,6 +9,7 @@ use ltx_models::t5_tokenizer::T5Tokenizer;
 use ltx_models::text_encoder::TextEncoder;
 use ltx_models::weights::WeightStore;
 use ltx_models::Result;
+use tch::Device;
 
 use crate::ltx_i2v::{Components, LoadOptions, LtxI2vPipeline, ModelSource};
 use crate::memory::ComponentParams;
@@ -75,16 +76,61 @@ fn scheduler() -> FlowMatchConfig {
 /// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).
 pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<LtxI2vPipeline> {
     tch::manual_seed(DEMO_SEED);
-    // One store per component (drawn in the same order as ever, so the weights are the same),
-    // so each component's parameters can be placed on their own.
-    let stores: [WeightStore; 3] =
-        std::array::from_fn(|_| WeightStore::random(opts.dtype, opts.device));
+    random_pipeline(
+        &RandomShapes {
+            text_encoder: t5(),
+            transformer: transformer(),
+            vae: vae(),
+        },
+        opts,
+        None,
+        max_sequence_length,
+    )
+}
+
+/// Component shapes of a random-weight pipeline.
+pub struct RandomShapes {
+    pub text_encoder: T5Config,
+    pub transformer: LtxTransformerConfig,
+    pub vae: LtxVaeConfig,
+}
+
+impl RandomShapes {
+    /// The released LTX-Video 2B shapes: T5-XXL, the 2B transformer, the 0.9.1 VAE.
+    pub fn ltx_2b() -> Self {
+        Self {
+            text_encoder: T5Config::default(),
+            transformer: LtxTransformerConfig::default(),
+            vae: ltx_models::ltx::single_file::released_vae_config(
+                ltx_models::ltx::single_file::VaeLayout::V091,
+            ),
+        }
+    }
+}
+
+/// A pipeline of `shapes` with random weights from torch's global generator (seed it first),
+/// the demo tokenizer and the 0.9.1 scheduler, on `opts.device`; the numbers are drawn on
+/// `generate_on` when given (a GPU draws billions of them quickly).
+pub fn random_pipeline(
+    shapes: &RandomShapes,
+    opts: LoadOptions,
+    generate_on: Option<Device>,
+    max_sequence_length: usize,
+) -> Result<LtxI2vPipeline> {
+    // One store per component, so each component's parameters can be placed on their own.
+    let stores: [WeightStore; 3] = std::array::from_fn(|_| match generate_on {
+        Some(g) => WeightStore::random_generated_on(opts.dtype, opts.device, g),
+        None => WeightStore::random(opts.dtype, opts.device),
+    });
     let parts = tch::no_grad(|| -> Result<Components> {
         Ok(Components {
             tokenizer: T5Tokenizer::from_sentencepiece(SPIECE, 100, max_sequence_length)?,
-            text_encoder: TextEncoder::T5(T5Encoder::new(&stores[0].root(), t5())?),
-            transformer: LtxTransformer::new(&stores[1].root(), transformer())?,
-            vae: LtxVae::new(&stores[2].root(), vae())?,
+            text_encoder: TextEncoder::T5(T5Encoder::new(
+                &stores[0].root(),
+                shapes.text_encoder.clone(),
+            )?),
+            transformer: LtxTransformer::new(&stores[1].root(), shapes.transformer.clone())?,
+            vae: LtxVae::new(&stores[2].root(), shapes.vae.clone())?,
             scheduler: scheduler(),
             weight_bytes: stores.iter().map(WeightStore::loaded_bytes).sum(),
             params: ComponentParams {
