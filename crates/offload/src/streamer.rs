@@ -23,15 +23,26 @@ struct CudaSide {
 }
 
 struct State {
+    /// First, so it is dropped first: its drop waits for copies still in flight before the
+    /// slots they write are given back to the allocator.
+    cuda: Option<CudaSide>,
     weights: OffloadedWeights,
     /// Device buffers of `max_unit_bytes` each (plain host tensors for a CPU "device").
     slots: Vec<Tensor>,
     ring: Ring,
-    cuda: Option<CudaSide>,
     /// The always-resident remainder on the device.
     _remainder: Tensor,
     /// Test instrumentation: what the backend was asked, in order.
     log: Option<Vec<String>>,
+}
+
+impl Drop for CudaSide {
+    fn drop(&mut self) {
+        // Prefetches for the next forward may still be copying into the slots.
+        if let Err(e) = self.copy_cu.synchronize() {
+            tracing::warn!("waiting for the streamer's copies: {e}");
+        }
+    }
 }
 
 struct Backend<'a> {
@@ -143,10 +154,10 @@ impl Streamer {
         Ok(Self {
             slots: ring.slots(),
             state: Mutex::new(State {
+                cuda,
                 weights,
                 slots,
                 ring,
-                cuda,
                 _remainder: remainder,
                 log: None,
             }),
