@@ -1,8 +1,9 @@
 //! VAE decode microbenchmark (GPU): a 0.9.1-shaped LTX decoder with random bf16 weights at
 //! 768×512 and `LTX_BENCH_VAE_FRAMES` frames (default 121), decoded three ways in the same run:
 //! untiled (`tch_reference/`), diffusers-compatible tiling (`diffusers_tiled/`: 512 px tiles
-//! every 448 px, 16/8 frames, framewise) and our weighted tiling with the accumulate kernel
-//! (`kernel/`). Before the timed runs each method's peak memory and PSNR against the untiled
+//! every 448 px, 16/8 frames, framewise) and our weighted tiling with the accumulate kernel and
+//! the fused normalise→uint8 pass (`kernel/`); each ends in the uint8 frames a video is written
+//! from. Before the timed runs each method's peak memory and PSNR against the untiled
 //! decode (same noise seed) are printed as `memory <id>: N MiB` and `psnr <id>: X dB`. An
 //! untiled decode that does not fit is reported as out of memory. Without a CUDA device it
 //! prints `skipped: no CUDA device (…)`.
@@ -18,16 +19,16 @@ use ltx_gpu::kernels::KernelRegistry;
 use ltx_models::ltx::single_file::{released_vae_config, VaeLayout};
 use ltx_models::ltx::LtxVae;
 use ltx_models::weights::WeightStore;
-use ltx_pipelines::tiled_decode::{decode_tiled, TileConfig, TilingMode};
+use ltx_pipelines::tiled_decode::{decode_to_u8, TileConfig, TilingMode};
 use tch::{Device, Kind, Tensor};
 
+/// PSNR of uint8 frames (peak 255).
 fn psnr(a: &Tensor, b: &Tensor) -> f64 {
-    // Decoder output in [-1, 1]: peak-to-peak 2.
     let mse = (a.to_kind(Kind::Float) - b.to_kind(Kind::Float))
         .square()
         .mean(Kind::Float)
         .double_value(&[]);
-    10.0 * (4.0 / mse).log10()
+    10.0 * (255.0 * 255.0 / mse).log10()
 }
 
 fn vae_bench(c: &mut Criterion) {
@@ -70,13 +71,14 @@ fn vae_bench(c: &mut Criterion) {
         ..TileConfig::default()
     };
     let weighted = TileConfig::default();
+    // Each way ends in the uint8 frames a video is written from (ours fuses that pass).
     let untiled = || {
         tch::manual_seed(1);
-        tch::no_grad(|| vae.decode(&z, temb))
+        tch::no_grad(|| decode_to_u8(&vae, &z, temb, None, registry.as_ref()))
     };
     let tiled = |cfg: &TileConfig| {
         tch::manual_seed(1);
-        tch::no_grad(|| decode_tiled(&vae, &z, temb, cfg, registry.as_ref()))
+        tch::no_grad(|| decode_to_u8(&vae, &z, temb, Some(cfg), registry.as_ref()))
     };
 
     let (reference, peak) = peak_above_start(&d, || match untiled() {

@@ -35,6 +35,27 @@ typedef struct {
   long long x0;
 } ltx_tile_accumulate_params;
 
+/* The last pass of a weighted tiled decode, fused (kernels/tile_accumulate.cu,
+ * tile_finalize_u8): normalise the canvas by the summed weights, map to [0, 1] with
+ * `x * scale + offset`, clamp, scale by 255 and truncate (NaN → 0), and write uint8 frames
+ * channel-last:
+ *
+ *   dst[f, y, x, c] = (u8) (clamp(out[c, f, y, x] / wsum[f, y, x] * scale + offset, 0, 1) * 255)
+ *
+ * out is float32 [channels, F, H, W], wsum float32 [F, H, W], dst uint8 [F, H, W, channels],
+ * all contiguous. One thread per pixel. */
+typedef struct {
+  const float *out;
+  const float *wsum;
+  unsigned char *dst;
+  long long channels;
+  long long frames;
+  long long height;
+  long long width;
+  float scale;
+  float offset;
+} ltx_tile_finalize_params;
+
 /* Sliced (flash-style) attention, kernels/sliced_attention.cu:
  *
  *   out[b, h, i, :] = softmax_j(q[b, h, i, :] · k[b, h, j, :] · scale + mask[b, j]) · v[b, h, j, :]

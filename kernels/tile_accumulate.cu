@@ -26,3 +26,20 @@ extern "C" __global__ void tile_accumulate_f32(ltx_tile_accumulate_params p) {
   }
   p.wsum[out_idx] += w;
 }
+
+// The fused last pass of a weighted tiled decode (see abi.h): normalise, scale/offset, clamp,
+// ×255 truncated to uint8, channel-last. One thread per pixel, channel loop inside.
+extern "C" __global__ void tile_finalize_u8(ltx_tile_finalize_params p) {
+  const long long plane = p.height * p.width;
+  const long long n = p.frames * plane;
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float w = p.wsum[i];
+  for (long long c = 0; c < p.channels; ++c) {
+    // Each step rounded on its own (no fused multiply-add), like the tch ops it replaces, so
+    // the bytes are the same.
+    float v = __fadd_rn(__fmul_rn(__fdiv_rn(p.out[c * n + i], w), p.scale), p.offset);
+    v = fminf(fmaxf(v, 0.0f), 1.0f);  // fmaxf(NaN, 0) = 0
+    p.dst[i * p.channels + c] = (unsigned char)__fmul_rn(v, 255.0f);
+  }
+}

@@ -266,7 +266,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     };
     let frames = pipe
-        .generate(&image, &params, &mut report)?
+        .generate_u8(&image, &params, &mut report, &|| false)?
         .to_device(tch::Device::Cpu);
     if tty {
         eprintln!();

@@ -520,4 +520,22 @@ fn tiled_decoding_with_the_kernel_equals_the_tch_accumulation_on_the_gpu() {
         10.0 * (4.0 / mse).log10()
     );
     assert!(diff <= 1e-5, "{diff}");
+
+    // The fused last pass: the kernel's bytes equal the tch ops' bytes.
+    let out = Tensor::randn([3, 9, 40, 50], (Kind::Float, dev)) * 1.5;
+    let wsum = Tensor::rand([9, 40, 50], (Kind::Float, dev)) + 0.5;
+    let _ = out.narrow(3, 0, 1).fill_(f64::NAN);
+    drop(Tensor::full([9, 40, 50, 3], 77, (Kind::Uint8, dev))); // poison the output block
+    let fused = tile_accumulate::finalize_u8(Some(&registry), &out, &wsum, 0.5, 0.5).unwrap();
+    let reference = tile_accumulate::finalize_reference(&out, &wsum, 0.5, 0.5).unwrap();
+    sync(&d);
+    assert_eq!(fused.size(), [9, 40, 50, 3]);
+    let differ = fused
+        .ne_tensor(&reference)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    assert_eq!(
+        differ, 0,
+        "{differ} bytes differ between the kernel and the tch ops"
+    );
 }

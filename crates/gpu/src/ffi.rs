@@ -13,6 +13,8 @@ include!(concat!(env!("OUT_DIR"), "/abi_bindings.rs"));
 // SAFETY: plain-old-data struct of pointers and integers, passed by value as a kernel parameter;
 // its layout is the one the kernels see, since both come from kernels/abi.h.
 unsafe impl cudarc::driver::DeviceRepr for ltx_tile_accumulate_params {}
+// SAFETY: as above; plain pointers, integers and floats, laid out by bindgen from abi.h.
+unsafe impl cudarc::driver::DeviceRepr for ltx_tile_finalize_params {}
 // SAFETY: as above; plain pointers, integers and a float, laid out by bindgen from abi.h.
 unsafe impl cudarc::driver::DeviceRepr for ltx_attention_params {}
 

@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::image::RgbImage;
 use crate::memory::{Component, ComponentParams, Memory, MemoryOptions, MemoryReport};
-use crate::tiled_decode::{decode_tiled, TileConfig};
+use crate::tiled_decode::{decode_tiled, decode_to_u8, TileConfig};
 use ltx_offload::budget::{ComponentSizes, Shape, Workload};
 use ltx_offload::weights::{group_sizes, ltx_transformer_unit, t5_unit};
 use ltx_offload::OffloadMode;
@@ -589,6 +589,30 @@ impl LtxI2vPipeline {
         progress: &mut dyn FnMut(Progress),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
+        self.generate_as(image, p, progress, cancelled, false)
+    }
+
+    /// Like [`LtxI2vPipeline::generate_cancellable`], as uint8 frames `[F, H, W, 3]` — the
+    /// bytes `frames_to_u8` makes of the float frames — for writing videos and images. With
+    /// weighted VAE tiling the decoded canvas goes straight to bytes (one fused pass on CUDA).
+    pub fn generate_u8(
+        &self,
+        image: &RgbImage,
+        p: &I2vParams,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
+        self.generate_as(image, p, progress, cancelled, true)
+    }
+
+    fn generate_as(
+        &self,
+        image: &RgbImage,
+        p: &I2vParams,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+        as_u8: bool,
+    ) -> Result<Tensor> {
         p.validate()?;
         let mut report = |stage: Progress| -> Result<()> {
             if cancelled() {
@@ -597,7 +621,7 @@ impl LtxI2vPipeline {
             progress(stage);
             Ok(())
         };
-        let out = tch::no_grad(|| self.run(image, p, &mut report));
+        let out = tch::no_grad(|| self.run(image, p, &mut report, as_u8));
         // Whatever happened, no component stays on the device between generations.
         let idle = match &self.memory {
             Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).idle(),
@@ -613,6 +637,7 @@ impl LtxI2vPipeline {
         image: &RgbImage,
         p: &I2vParams,
         progress: &mut dyn FnMut(Progress) -> Result<()>,
+        as_u8: bool,
     ) -> Result<Tensor> {
         let vcfg = self.vae.config();
         let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
@@ -710,6 +735,15 @@ impl LtxI2vPipeline {
             None
         };
         tch::manual_seed(p.decoder_noise_seed as i64);
+        if as_u8 {
+            return decode_to_u8(
+                &self.vae,
+                &z,
+                temb.as_ref(),
+                self.vae_tiling.as_ref(),
+                self.kernels(),
+            );
+        }
         let video = match &self.vae_tiling {
             Some(cfg) => decode_tiled(&self.vae, &z, temb.as_ref(), cfg, self.kernels())?,
             None => self.vae.decode(&z, temb.as_ref())?,

@@ -464,6 +464,22 @@ fn decode_weighted(
     plan: &TilePlan,
     registry: Option<&KernelRegistry>,
 ) -> Result<Tensor> {
+    let (out, wsum, kind) = accumulate_weighted(vae, z, timestep, plan, registry)?;
+    let [of, oh, ow] = plan.output;
+    let (batch, channels) = (z.size()[0], vae.config().out_channels);
+    let video = (out / wsum.f_unsqueeze(0)?).f_reshape([batch, channels, of, oh, ow])?;
+    Ok(video.f_to_kind(kind)?)
+}
+
+/// Decodes every tile into the float32 canvas `[B·C, F, H, W]` and its weight sum `[F, H, W]`;
+/// also returns the decoder's output dtype.
+fn accumulate_weighted(
+    vae: &LtxVae,
+    z: &Tensor,
+    timestep: Option<&Tensor>,
+    plan: &TilePlan,
+    registry: Option<&KernelRegistry>,
+) -> Result<(Tensor, Tensor, Kind)> {
     let device = z.device();
     let batch = z.size()[0];
     let channels = vae.config().out_channels;
@@ -505,8 +521,49 @@ fn decode_weighted(
         }
         .map_err(gpu_error)?;
     }
-    let video = (out / wsum.f_unsqueeze(0)?).f_reshape([batch, channels, of, oh, ow])?;
-    Ok(video.f_to_kind(kind.unwrap_or(Kind::Float))?)
+    Ok((out, wsum, kind.unwrap_or(Kind::Float)))
+}
+
+/// Decodes a batch of one to uint8 frames `[F, H, W, 3]`, the bytes the pipeline's float output
+/// gives after `frames_to_u8`: `x·0.5 + 0.5` clamped to [0, 1], ×255, truncated. Untiled or in
+/// the diffusers mode that is the decode followed by those tch ops; in the weighted mode the
+/// canvas goes straight to bytes through [`tile_accumulate::finalize_u8`] — on CUDA one kernel
+/// pass instead of the normalised float video, its map and clamp, the channel-last copy and the
+/// conversion (and without rounding to the decoder's dtype in between).
+pub fn decode_to_u8(
+    vae: &LtxVae,
+    z: &Tensor,
+    timestep: Option<&Tensor>,
+    cfg: Option<&TileConfig>,
+    registry: Option<&KernelRegistry>,
+) -> Result<Tensor> {
+    let s = z.size();
+    if s.len() != 5 || s[0] != 1 {
+        return invalid(format!("latents must be [1, C, F, H, W], got {s:?}"));
+    }
+    if let Some(cfg) = cfg.filter(|c| c.mode == TilingMode::Weighted) {
+        let vc = vae.config();
+        let plan = TilePlan::new(
+            [s[2], s[3], s[4]],
+            vc.temporal_ratio(),
+            vc.spatial_ratio(),
+            cfg,
+        )?;
+        if !plan.is_single() {
+            let (out, wsum, _) = accumulate_weighted(vae, z, timestep, &plan, registry)?;
+            return tile_accumulate::finalize_u8(registry, &out, &wsum, 0.5, 0.5)
+                .map_err(gpu_error);
+        }
+    }
+    let video = match cfg {
+        Some(c) => decode_tiled(vae, z, timestep, c, registry)?,
+        None => vae.decode(z, timestep)?,
+    };
+    let x = (video.f_to_kind(Kind::Float)? * 0.5 + 0.5).f_clamp(0.0, 1.0)? * 255.0;
+    Ok(x.f_to_kind(Kind::Uint8)?
+        .f_select(0, 0)?
+        .f_permute([1, 2, 3, 0])?
+        .f_contiguous()?)
 }
 
 /// `b[.., :e, ..] = a[.., -e:, ..] · (1 − i/e) + b[.., :e, ..] · (i/e)` along `dim`, in place,

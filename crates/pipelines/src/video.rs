@@ -1,7 +1,7 @@
 //! Video output for generated frames: an H.264 MP4 (OpenH264 encoder, `mp4` muxer) or a folder
 //! of PNGs.
 //!
-//! Frames come in as a `[F, H, W, 3]` float32 tensor in [0, 1] (RGB, row-major, top row first),
+//! Frames come in as a `[F, H, W, 3]` float32 tensor in [0, 1] or uint8 (RGB, row-major, top row first),
 //! which is what the LTX-Video pipeline produces after its VAE post-processing.
 //!
 //! * **uint8 conversion** ([`frames_to_u8`]): `(clamp(x, 0, 1) * 255)` computed in f32 and
@@ -65,7 +65,7 @@ pub enum VideoError {
     },
     #[error("frames must be a [F, H, W, 3] tensor with H, W > 0, got shape {shape:?}")]
     Shape { shape: Vec<i64> },
-    #[error("frames must be float32 (Kind::Float), got {kind}")]
+    #[error("frames must be float32 in [0, 1] or uint8, got {kind}")]
     Dtype { kind: String },
     #[error("yuv420 H.264 needs an even width and height, got {width}x{height} (width x height)")]
     OddSize { width: i64, height: i64 },
@@ -114,7 +114,8 @@ pub struct Mp4Info {
     pub bytes: u64,
 }
 
-/// Frame count, height and width of a validated `[F, H, W, 3]` float32 tensor.
+/// Frame count, height and width of a validated `[F, H, W, 3]` float32 (values in [0, 1]) or
+/// uint8 tensor.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     frames: usize,
@@ -134,7 +135,7 @@ fn validate(frames: &Tensor) -> Result<Dims, VideoError> {
         return Err(VideoError::Shape { shape });
     }
     match frames.f_kind() {
-        Ok(Kind::Float) => {}
+        Ok(Kind::Float | Kind::Uint8) => {}
         Ok(kind) => {
             return Err(VideoError::Dtype {
                 kind: format!("{kind:?}"),
@@ -167,6 +168,12 @@ fn frame_u8(frames: &Tensor, dims: Dims, i: usize) -> Result<Vec<u8>, VideoError
         .f_get(i as i64)?
         .f_to_device(Device::Cpu)?
         .f_contiguous()?;
+    if frame.kind() == Kind::Uint8 {
+        // Already bytes (the pipeline's uint8 output).
+        let mut bytes = vec![0u8; n];
+        frame.f_copy_data(&mut bytes, n)?;
+        return Ok(bytes);
+    }
     let mut buf = vec![0f32; n];
     frame.f_copy_data(&mut buf, n)?;
     Ok(buf.into_iter().map(to_u8).collect())

@@ -261,3 +261,59 @@ fn tiled_decoding_in_the_pipeline_keeps_the_shape_and_range() {
     };
     assert!(pipe.set_vae_tiling(Some(bad)).is_err());
 }
+
+#[test]
+fn the_uint8_output_is_the_bytes_of_the_float_output() {
+    use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
+    use ltx_pipelines::video::frames_to_u8;
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = LoadOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    };
+    let image = RgbImage {
+        width: 96,
+        height: 64,
+        data: (0..96 * 64 * 3).map(|i| (i * 3 % 251) as u8).collect(),
+    };
+    let p = I2vParams {
+        prompt: "bytes".into(),
+        height: 64,
+        width: 96,
+        num_frames: 9,
+        steps: 2,
+        seed: 8,
+        ..I2vParams::default()
+    };
+    let mut pipe = demo_pipeline(opts, 128).unwrap();
+    let tiled = |mode| TileConfig {
+        mode,
+        tile_sample_height: 64,
+        tile_sample_width: 64,
+        stride_sample_height: 32,
+        stride_sample_width: 32,
+        ..TileConfig::default()
+    };
+    // Untiled, diffusers-tiled, and weighted-tiled (where the canvas goes straight to bytes).
+    for tiling in [
+        None,
+        Some(tiled(TilingMode::DiffusersCompatible)),
+        Some(tiled(TilingMode::Weighted)),
+    ] {
+        pipe.set_vae_tiling(tiling.clone()).unwrap();
+        let floats = pipe.generate(&image, &p, &mut |_| {}).unwrap();
+        let bytes = pipe
+            .generate_u8(&image, &p, &mut |_| {}, &|| false)
+            .unwrap();
+        assert_eq!(bytes.kind(), Kind::Uint8);
+        assert_eq!(bytes.size(), floats.size());
+        let want: Vec<u8> = frames_to_u8(&floats).unwrap().concat();
+        let got = Vec::<u8>::try_from(&bytes.flatten(0, -1)).unwrap();
+        assert!(got == want, "{tiling:?}: the bytes differ");
+        assert_eq!(
+            frames_to_u8(&bytes).unwrap().concat(),
+            want,
+            "u8 frames pass through"
+        );
+    }
+}

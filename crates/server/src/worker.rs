@@ -423,7 +423,7 @@ fn run_job(
             };
             loaded
                 .pipe
-                .generate_cancellable(&work.image, &work.params, &mut progress, &|| {
+                .generate_u8(&work.image, &work.params, &mut progress, &|| {
                     job.cancel_requested()
                 })
         },

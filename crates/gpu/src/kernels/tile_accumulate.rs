@@ -232,9 +232,118 @@ fn launch(
     Ok(())
 }
 
+pub const FINALIZE: &str = "tile_finalize_u8";
+
+/// The last pass of a weighted tiled decode, fused: `out [C, F, H, W] / wsum [F, H, W]`, then
+/// `x·scale + offset`, clamped to [0, 1], ×255 truncated to uint8 (NaN → 0), as channel-last
+/// frames `[F, H, W, C]`. The CUDA kernel for CUDA tensors (one pass instead of five), tch ops
+/// otherwise; both round every step the same way, so they give the same bytes.
+pub fn finalize_u8(
+    registry: Option<&KernelRegistry>,
+    out: &Tensor,
+    wsum: &Tensor,
+    scale: f32,
+    offset: f32,
+) -> Result<Tensor, GpuError> {
+    let o = out.size();
+    if o.len() != 4 || wsum.size() != o[1..] {
+        return Err(GpuError::InvalidArgument(format!(
+            "tile_finalize_u8: out {o:?} must be [C, F, H, W] and wsum {:?} its [F, H, W]",
+            wsum.size()
+        )));
+    }
+    for (name, t) in [("out", out), ("wsum", wsum)] {
+        if t.kind() != Kind::Float || !t.is_contiguous() || t.device() != out.device() {
+            return Err(GpuError::InvalidArgument(format!(
+                "tile_finalize_u8: {name} must be contiguous float32 on {:?}",
+                out.device()
+            )));
+        }
+    }
+    match (out.device(), registry) {
+        (Device::Cuda(i), Some(r)) if r.device().index() == i => {
+            finalize_launch(r, out, wsum, scale, offset)
+        }
+        _ => finalize_reference(out, wsum, scale, offset),
+    }
+}
+
+/// [`finalize_u8`] in tch ops, on any device.
+pub fn finalize_reference(
+    out: &Tensor,
+    wsum: &Tensor,
+    scale: f32,
+    offset: f32,
+) -> Result<Tensor, GpuError> {
+    let x = (out.f_div(&wsum.f_unsqueeze(0)?)? * f64::from(scale)) + f64::from(offset);
+    Ok((x.f_clamp(0.0, 1.0)? * 255.0)
+        .f_to_kind(Kind::Uint8)?
+        .f_permute([1, 2, 3, 0])?
+        .f_contiguous()?)
+}
+
+fn finalize_launch(
+    registry: &KernelRegistry,
+    out: &Tensor,
+    wsum: &Tensor,
+    scale: f32,
+    offset: f32,
+) -> Result<Tensor, GpuError> {
+    let o = out.size();
+    let (c, f, h, w) = (o[0], o[1], o[2], o[3]);
+    let dst = Tensor::f_empty([f, h, w, c], (Kind::Uint8, out.device()))?;
+    let n = f * h * w;
+    if n == 0 || c == 0 {
+        return Ok(dst);
+    }
+    let blocks = u32::try_from((n + BLOCK as i64 - 1) / BLOCK as i64).map_err(|_| {
+        GpuError::InvalidArgument(format!(
+            "a canvas of {n} pixels is too large for one launch"
+        ))
+    })?;
+    let params = ffi::ltx_tile_finalize_params {
+        out: out.data_ptr() as *const f32,
+        wsum: wsum.data_ptr() as *const f32,
+        dst: dst.data_ptr().cast(),
+        channels: c,
+        frames: f,
+        height: h,
+        width: w,
+        scale,
+        offset,
+    };
+    let device: &CudaDevice = registry.device();
+    let func = registry.function(KERNEL, FINALIZE)?;
+    let stream = device.current_stream()?.as_cudarc(device);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: out/wsum are live contiguous float32 CUDA tensors of the checked shapes on this
+    // device, dst a fresh contiguous uint8 [F, H, W, C]; ordered on torch's current stream.
+    unsafe { stream.launch_builder(&func).arg(&params).launch(cfg) }?;
+    Ok(dst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finalize_normalises_maps_clamps_and_truncates_channel_last() {
+        // Two channels, one frame, 1×3 pixels; wsum 2 everywhere.
+        let out = Tensor::from_slice(&[-4f32, 0.0, 1.998, 2.0, 0.5, f32::NAN]).view([2, 1, 1, 3]);
+        let wsum = Tensor::full([1, 1, 3], 2.0, (Kind::Float, Device::Cpu));
+        let u8s = finalize_u8(None, &out, &wsum, 0.5, 0.5).unwrap();
+        assert_eq!(u8s.size(), [1, 1, 3, 2]);
+        assert_eq!(u8s.kind(), Kind::Uint8);
+        // x/2·0.5+0.5: -4 → -0.5 → 0; 0 → 0.5 → 127; 1.998 → 0.9995 → 254; 2 → 1 → 255;
+        // 0.5 → 0.625 → 159; NaN → 0.
+        let got = Vec::<u8>::try_from(&u8s.flatten(0, -1)).unwrap();
+        assert_eq!(got, vec![0, 255, 127, 159, 254, 0]);
+        assert!(finalize_u8(None, &out, &wsum.view([3, 1, 1]), 0.5, 0.5).is_err());
+    }
 
     /// The definition, pixel by pixel, in float64.
     fn naive(
