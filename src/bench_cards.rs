@@ -55,22 +55,10 @@ fn stage_name(p: &Progress) -> &'static str {
 }
 
 pub fn run(b: CardsBench) -> anyhow::Result<()> {
-    match ltx_gpu::cuda::runtime() {
-        Ok(rt) if rt.device_count > b.device => {}
-        Ok(rt) => {
-            println!(
-                "skipped: no CUDA device ({} visible, cuda:{} asked)",
-                rt.device_count, b.device
-            );
-            return Ok(());
-        }
-        Err(e) => {
-            println!("skipped: no CUDA device ({e})");
-            return Ok(());
-        }
-    }
+    let Some(dev) = crate::bench::cuda_or_skip(b.device) else {
+        return Ok(());
+    };
     let i = b.device;
-    let dev = ltx_gpu::cuda::open(i).context("opening the device")?;
     let gpu = Device::Cuda(i);
     let (_, total) = dev.mem_info()?;
     println!(

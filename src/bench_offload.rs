@@ -87,23 +87,10 @@ fn gb(b: u64) -> f64 {
 }
 
 pub fn run(b: OffloadBench) -> anyhow::Result<()> {
-    let rt = match ltx_gpu::cuda::runtime() {
-        Ok(rt) if rt.device_count > b.device => rt,
-        Ok(rt) => {
-            println!(
-                "skipped: no CUDA device ({} visible, cuda:{} asked)",
-                rt.device_count, b.device
-            );
-            return Ok(());
-        }
-        Err(e) => {
-            println!("skipped: no CUDA device ({e})");
-            return Ok(());
-        }
+    let Some(dev) = crate::bench::cuda_or_skip(b.device) else {
+        return Ok(());
     };
-    let _ = rt;
     let i = b.device;
-    let dev = ltx_gpu::cuda::open(i).context("opening the device")?;
     let device = Device::Cuda(i);
     let grid: Vec<i64> = b
         .grid

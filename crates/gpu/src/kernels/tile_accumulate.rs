@@ -196,9 +196,6 @@ fn launch(
     if n == 0 || s.channels == 0 {
         return Ok(());
     }
-    let blocks = u32::try_from((n + BLOCK as i64 - 1) / BLOCK as i64).map_err(|_| {
-        GpuError::InvalidArgument(format!("tile of {n} pixels is too large for one launch"))
-    })?;
     let params = ffi::ltx_tile_accumulate_params {
         out: ptr(canvas.out),
         wsum: ptr(canvas.wsum),
@@ -217,18 +214,35 @@ fn launch(
         y0: at.y0,
         x0: at.x0,
     };
+    // SAFETY: every pointer is a live, contiguous float32 CUDA tensor on this device whose
+    // extent matches the sizes in `params` (checked above).
+    unsafe { launch_per_pixel(registry, FUNCTION, n, &params) }
+}
+
+/// Launches `func` of this kernel file with one thread per pixel (`n` of them) on torch's
+/// current stream, after the work that produced its tensors.
+///
+/// # Safety
+/// `params` must describe live CUDA tensors on the registry's device of the sizes it states.
+unsafe fn launch_per_pixel<P: cudarc::driver::DeviceRepr>(
+    registry: &KernelRegistry,
+    func: &str,
+    n: i64,
+    params: &P,
+) -> Result<(), GpuError> {
+    let blocks = u32::try_from((n + BLOCK as i64 - 1) / BLOCK as i64).map_err(|_| {
+        GpuError::InvalidArgument(format!("{n} pixels are too many for one launch"))
+    })?;
     let device: &CudaDevice = registry.device();
-    let func = registry.function(KERNEL, FUNCTION)?;
+    let function = registry.function(KERNEL, func)?;
     let stream = device.current_stream()?.as_cudarc(device);
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: every pointer is a live, contiguous float32 CUDA tensor on this device whose
-    // extent matches the sizes in `params` (checked above); the launch is ordered on torch's
-    // current stream, after the work that produced these tensors.
-    unsafe { stream.launch_builder(&func).arg(&params).launch(cfg) }?;
+    // SAFETY: the caller's contract.
+    unsafe { stream.launch_builder(&function).arg(params).launch(cfg) }?;
     Ok(())
 }
 
@@ -296,11 +310,6 @@ fn finalize_launch(
     if n == 0 || c == 0 {
         return Ok(dst);
     }
-    let blocks = u32::try_from((n + BLOCK as i64 - 1) / BLOCK as i64).map_err(|_| {
-        GpuError::InvalidArgument(format!(
-            "a canvas of {n} pixels is too large for one launch"
-        ))
-    })?;
     let params = ffi::ltx_tile_finalize_params {
         out: out.data_ptr() as *const f32,
         wsum: wsum.data_ptr() as *const f32,
@@ -312,17 +321,9 @@ fn finalize_launch(
         scale,
         offset,
     };
-    let device: &CudaDevice = registry.device();
-    let func = registry.function(KERNEL, FINALIZE)?;
-    let stream = device.current_stream()?.as_cudarc(device);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
     // SAFETY: out/wsum are live contiguous float32 CUDA tensors of the checked shapes on this
-    // device, dst a fresh contiguous uint8 [F, H, W, C]; ordered on torch's current stream.
-    unsafe { stream.launch_builder(&func).arg(&params).launch(cfg) }?;
+    // device, dst a fresh contiguous uint8 [F, H, W, C].
+    unsafe { launch_per_pixel(registry, FINALIZE, n, &params) }?;
     Ok(dst)
 }
 
