@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::{mib, peak_above_start, timed};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ltx_gpu::cuda;
 use ltx_gpu::kernels::attention::sliced_attention;
 use ltx_gpu::kernels::KernelRegistry;
 use tch::{Device, Kind, Tensor};
@@ -107,12 +106,8 @@ fn peak_extra(d: &ltx_gpu::cuda::CudaDevice, f: impl FnOnce() -> Tensor) -> f64 
 }
 
 fn attention_bench(c: &mut Criterion) {
-    let d = match cuda::open(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            return;
-        }
+    let Some(d) = common::gpu_or_skip() else {
+        return;
     };
     let registry = match KernelRegistry::new(d.clone()) {
         Ok(r) => r,
@@ -121,7 +116,7 @@ fn attention_bench(c: &mut Criterion) {
             return;
         }
     };
-    let dev_name = d.name().unwrap_or_else(|_| "cuda".into()).replace(' ', "_");
+    let dev_name = common::id_name(&d);
     let gpu = Device::Cuda(d.index());
     let index = d.index() as i64;
     for case in &CASES {

@@ -7,18 +7,13 @@ mod common;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ltx_gpu::cuda;
 use ltx_gpu::kernels::tile_accumulate::{self, Canvas, Placement, Tile};
 use ltx_gpu::kernels::KernelRegistry;
 use tch::{Device, Kind, Tensor};
 
 fn tile_accumulate_bench(c: &mut Criterion) {
-    let d = match cuda::open(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            return;
-        }
+    let Some(d) = common::gpu_or_skip() else {
+        return;
     };
     let registry = match KernelRegistry::new(d.clone()) {
         Ok(r) => r,
@@ -27,7 +22,7 @@ fn tile_accumulate_bench(c: &mut Criterion) {
             return;
         }
     };
-    let name = d.name().unwrap_or_else(|_| "cuda".into()).replace(' ', "_");
+    let name = common::id_name(&d);
     let gpu = Device::Cuda(d.index());
     // An LTX output canvas (768x512, 121 frames, RGB) and one 256x256 spatial tile of it.
     let (ch, frames, h, w, th, tw) = (3i64, 121i64, 512i64, 768i64, 256i64, 256i64);

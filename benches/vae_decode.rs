@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::{mib, peak_above_start, timed};
 use criterion::{criterion_group, criterion_main, Criterion};
-use ltx_gpu::cuda;
 use ltx_gpu::kernels::KernelRegistry;
 use ltx_models::ltx::single_file::{released_vae_config, VaeLayout};
 use ltx_models::ltx::LtxVae;
@@ -32,12 +31,8 @@ fn psnr(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn vae_bench(c: &mut Criterion) {
-    let d = match cuda::open(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            return;
-        }
+    let Some(d) = common::gpu_or_skip() else {
+        return;
     };
     let registry = KernelRegistry::new(d.clone()).ok();
     let gpu = Device::Cuda(d.index());
@@ -63,7 +58,7 @@ fn vae_bench(c: &mut Criterion) {
         .to_device(gpu)
         .to_kind(Kind::BFloat16);
     let temb = cfg.timestep_conditioning.then_some(&t);
-    let name = d.name().unwrap_or_else(|_| "cuda".into()).replace(' ', "_");
+    let name = common::id_name(&d);
     let group_name = format!("vae_decode/{name}");
     let shape = format!("768x512x{frames}");
     let diffusers = TileConfig {

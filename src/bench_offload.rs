@@ -247,8 +247,8 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
             }
             Ok(())
         })?;
-        let copied = unit_bytes;
-        stream_gbs.push((k, copied as f64 / copy_only / 1e9));
+        let copy_gbs = unit_bytes as f64 / copy_only / 1e9;
+        stream_gbs.push((k, copy_gbs));
         model.set_block_hooks(Some(streamer.clone()));
         dev.empty_cache()?;
         dev.reset_peak_stats()?;
@@ -260,9 +260,8 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
             estimate_bytes: streamer.device_bytes() + act,
             weight_bytes_on_gpu: streamer.device_bytes(),
             note: format!(
-                "{:.2}x resident; ring copies alone {:.1} GB/s",
-                secs / resident,
-                copied as f64 / copy_only / 1e9
+                "{:.2}x resident; ring copies alone {copy_gbs:.1} GB/s",
+                secs / resident
             ),
         });
         model.set_block_hooks(None);

@@ -467,25 +467,14 @@ fn the_sliced_backend_runs_the_transformer_like_sdpa() {
 
 #[test]
 fn tiled_decoding_with_the_kernel_equals_the_tch_accumulation_on_the_gpu() {
-    use ltx_models::ltx::{LtxVae, LtxVaeConfig};
+    use ltx_models::ltx::LtxVae;
     use ltx_pipelines::tiled_decode::{decode_tiled, TileConfig, TilingMode};
     let Some(d) = device() else { return };
     let _g = lock();
     let dev = Device::Cuda(d.index());
     let registry = KernelRegistry::new(d.clone()).unwrap();
-    let cfg = LtxVaeConfig {
-        latent_channels: 16,
-        block_out_channels: vec![8, 16, 32, 32],
-        decoder_block_out_channels: vec![16, 32, 64],
-        layers_per_block: vec![1, 1, 1, 1, 1],
-        decoder_layers_per_block: vec![1, 1, 1, 1],
-        decoder_spatio_temporal_scaling: vec![true, true, true],
-        decoder_inject_noise: vec![false; 4],
-        upsample_residual: vec![true; 3],
-        upsample_factor: vec![2; 3],
-        timestep_conditioning: true,
-        ..LtxVaeConfig::default()
-    };
+    // The demo model's VAE shape (16 latent channels, no noise injection).
+    let cfg = ltx_pipelines::demo::RandomShapes::demo().vae;
     tch::manual_seed(fresh_seed());
     let store = ltx_models::weights::WeightStore::random(Kind::Float, dev);
     let vae = LtxVae::new(&store.root(), cfg).unwrap();

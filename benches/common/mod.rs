@@ -3,7 +3,23 @@
 
 use std::time::{Duration, Instant};
 
-use ltx_gpu::cuda::CudaDevice;
+use ltx_gpu::cuda::{self, CudaDevice};
+
+/// CUDA device 0, or None after printing `skipped: no CUDA device (reason)`.
+pub fn gpu_or_skip() -> Option<CudaDevice> {
+    match cuda::open(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// The device's name as it goes into benchmark ids.
+pub fn id_name(d: &CudaDevice) -> String {
+    d.name().unwrap_or_else(|_| "cuda".into()).replace(' ', "_")
+}
 
 /// Runs `f` `iters` times; the device is synchronised before the clock starts and stops.
 pub fn timed(device: i64, iters: u64, mut f: impl FnMut()) -> Duration {

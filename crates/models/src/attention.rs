@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use ltx_gpu::kernels::attention as kernel;
 use ltx_gpu::kernels::KernelRegistry;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::{ModelError, Result};
 
@@ -124,17 +124,23 @@ pub fn attention(
             if let Device::Cuda(i) = q.device() {
                 if kernel::supports(q, k, v, mask) {
                     let r = registry(i)?;
-                    return kernel::sliced_attention(&r, q, k, v, mask, scale)
-                        .map_err(|e| ModelError::Memory(format!("sliced attention: {e}")));
+                    return kernel::sliced_attention(&r, q, k, v, mask, scale).map_err(gpu_error);
                 }
             }
-            kernel::chunked_attention(q, k, v, mask, scale, chunk_for(q, k))
-                .map_err(|e| ModelError::Memory(format!("sliced attention: {e}")))
+            kernel::chunked_attention(q, k, v, mask, scale, chunk_for(q, k)).map_err(gpu_error)
         }
     }
 }
 
-/// The definition with the whole score matrix, in float32.
+/// torch errors stay torch errors; the rest name the attention backend.
+fn gpu_error(e: ltx_gpu::GpuError) -> ModelError {
+    match e {
+        ltx_gpu::GpuError::Torch(t) => ModelError::Torch(t),
+        other => ModelError::Memory(format!("attention: {other}")),
+    }
+}
+
+/// The definition with the whole score matrix, in float32: the chunked path with one chunk.
 fn math(
     q: &Tensor,
     k: &Tensor,
@@ -142,23 +148,13 @@ fn math(
     mask: Option<&Tensor>,
     scale: Option<f64>,
 ) -> Result<Tensor> {
-    let d = q.size()[3];
-    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
-    let mut s = q
-        .f_to_kind(Kind::Float)?
-        .f_matmul(&k.f_to_kind(Kind::Float)?.f_transpose(-2, -1)?)?
-        * scale;
-    if let Some(m) = mask {
-        s += m.f_to_kind(Kind::Float)?;
-    }
-    Ok(s.f_softmax(-1, Kind::Float)?
-        .f_matmul(&v.f_to_kind(Kind::Float)?)?
-        .f_to_kind(q.kind())?)
+    kernel::chunked_attention(q, k, v, mask, scale, q.size()[2].max(1)).map_err(gpu_error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     static BACKEND_LOCK: Mutex<()> = Mutex::new(());
 

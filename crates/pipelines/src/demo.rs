@@ -76,16 +76,7 @@ fn scheduler() -> FlowMatchConfig {
 /// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).
 pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<LtxI2vPipeline> {
     tch::manual_seed(DEMO_SEED);
-    random_pipeline(
-        &RandomShapes {
-            text_encoder: t5(),
-            transformer: transformer(),
-            vae: vae(),
-        },
-        opts,
-        None,
-        max_sequence_length,
-    )
+    random_pipeline(&RandomShapes::demo(), opts, None, max_sequence_length)
 }
 
 /// Component shapes of a random-weight pipeline.
@@ -96,6 +87,15 @@ pub struct RandomShapes {
 }
 
 impl RandomShapes {
+    /// The demo model's tiny shapes.
+    pub fn demo() -> Self {
+        Self {
+            text_encoder: t5(),
+            transformer: transformer(),
+            vae: vae(),
+        }
+    }
+
     /// The released LTX-Video 2B shapes: T5-XXL, the 2B transformer, the 0.9.1 VAE.
     pub fn ltx_2b() -> Self {
         Self {

@@ -397,6 +397,17 @@ fn gpu_error(e: GpuError) -> ModelError {
 /// The 0.9.1 decoder injects noise from torch's global generator on every call: seed it before
 /// decoding for reproducible output (each tile draws its own noise, so a tiled decode never
 /// equals the untiled one exactly on such a VAE).
+/// The tile plan of latents of size `s` (`[B, C, F, H, W]`) for this VAE's ratios.
+fn plan_for(vae: &LtxVae, s: &[i64], cfg: &TileConfig) -> Result<TilePlan> {
+    let vc = vae.config();
+    TilePlan::new(
+        [s[2], s[3], s[4]],
+        vc.temporal_ratio(),
+        vc.spatial_ratio(),
+        cfg,
+    )
+}
+
 pub fn decode_tiled(
     vae: &LtxVae,
     z: &Tensor,
@@ -408,13 +419,7 @@ pub fn decode_tiled(
     if s.len() != 5 {
         return invalid(format!("latents must be [B, C, F, H, W], got {s:?}"));
     }
-    let vc = vae.config();
-    let plan = TilePlan::new(
-        [s[2], s[3], s[4]],
-        vc.temporal_ratio(),
-        vc.spatial_ratio(),
-        cfg,
-    )?;
+    let plan = plan_for(vae, &s, cfg)?;
     if plan.is_single() {
         return vae.decode(z, timestep);
     }
@@ -542,13 +547,7 @@ pub fn decode_to_u8(
         return invalid(format!("latents must be [1, C, F, H, W], got {s:?}"));
     }
     if let Some(cfg) = cfg.filter(|c| c.mode == TilingMode::Weighted) {
-        let vc = vae.config();
-        let plan = TilePlan::new(
-            [s[2], s[3], s[4]],
-            vc.temporal_ratio(),
-            vc.spatial_ratio(),
-            cfg,
-        )?;
+        let plan = plan_for(vae, &s, cfg)?;
         if !plan.is_single() {
             let (out, wsum, _) = accumulate_weighted(vae, z, timestep, &plan, registry)?;
             return tile_accumulate::finalize_u8(registry, &out, &wsum, 0.5, 0.5)

@@ -3,8 +3,29 @@
 
 use ltx_pipelines::demo::demo_pipeline;
 use ltx_pipelines::image::RgbImage;
+use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
 use ltx_pipelines::{I2vParams, LoadOptions, ModelSource};
 use tch::{Device, Kind};
+
+/// The demo model on the CPU in float32.
+fn cpu_fp32() -> LoadOptions {
+    LoadOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    }
+}
+
+/// Tiles of 64 px every 32 px (several per axis at the tests' sizes).
+fn small_tiles(mode: TilingMode) -> TileConfig {
+    TileConfig {
+        mode,
+        tile_sample_height: 64,
+        tile_sample_width: 64,
+        stride_sample_height: 32,
+        stride_sample_width: 32,
+        ..TileConfig::default()
+    }
+}
 
 /// Building the demo model and generating both seed torch's process-wide generator.
 static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -12,10 +33,7 @@ static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn demo_generates_the_requested_video_deterministically() {
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: Kind::Float,
-    };
+    let opts = cpu_fp32();
     let image = RgbImage {
         width: 80,
         height: 48,
@@ -53,14 +71,7 @@ fn demo_generates_the_requested_video_deterministically() {
 #[test]
 fn a_cancelled_generation_stops_at_a_step_boundary() {
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
-    let pipe = demo_pipeline(
-        LoadOptions {
-            device: Device::Cpu,
-            dtype: Kind::Float,
-        },
-        128,
-    )
-    .unwrap();
+    let pipe = demo_pipeline(cpu_fp32(), 128).unwrap();
     let image = RgbImage {
         width: 32,
         height: 32,
@@ -95,10 +106,7 @@ fn a_cancelled_generation_stops_at_a_step_boundary() {
 fn model_and_sequential_offload_give_the_resident_video() {
     use ltx_pipelines::{MemoryOptions, OffloadMode};
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: Kind::Float,
-    };
+    let opts = cpu_fp32();
     let image = RgbImage {
         width: 64,
         height: 32,
@@ -161,10 +169,7 @@ fn an_injected_out_of_memory_is_retried_one_rung_down_with_the_same_video() {
     use ltx_pipelines::budget::run_with_ladder;
     use ltx_pipelines::{MemoryOptions, OffloadMode};
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: Kind::Float,
-    };
+    let opts = cpu_fp32();
     let image = RgbImage {
         width: 32,
         height: 32,
@@ -214,12 +219,8 @@ fn an_injected_out_of_memory_is_retried_one_rung_down_with_the_same_video() {
 
 #[test]
 fn tiled_decoding_in_the_pipeline_keeps_the_shape_and_range() {
-    use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: Kind::Float,
-    };
+    let opts = cpu_fp32();
     let image = RgbImage {
         width: 96,
         height: 64,
@@ -237,15 +238,7 @@ fn tiled_decoding_in_the_pipeline_keeps_the_shape_and_range() {
     let mut pipe = demo_pipeline(opts, 128).unwrap();
     let untiled = pipe.generate(&image, &p, &mut |_| {}).unwrap();
     for mode in [TilingMode::Weighted, TilingMode::DiffusersCompatible] {
-        let cfg = TileConfig {
-            mode,
-            tile_sample_height: 64,
-            tile_sample_width: 64,
-            stride_sample_height: 32,
-            stride_sample_width: 32,
-            ..TileConfig::default()
-        };
-        pipe.set_vae_tiling(Some(cfg)).unwrap();
+        pipe.set_vae_tiling(Some(small_tiles(mode))).unwrap();
         let tiled = pipe.generate(&image, &p, &mut |_| {}).unwrap();
         assert_eq!(tiled.size(), untiled.size(), "{mode:?}");
         let (lo, hi) = (tiled.min().double_value(&[]), tiled.max().double_value(&[]));
@@ -264,13 +257,9 @@ fn tiled_decoding_in_the_pipeline_keeps_the_shape_and_range() {
 
 #[test]
 fn the_uint8_output_is_the_bytes_of_the_float_output() {
-    use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
     use ltx_pipelines::video::frames_to_u8;
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
-    let opts = LoadOptions {
-        device: Device::Cpu,
-        dtype: Kind::Float,
-    };
+    let opts = cpu_fp32();
     let image = RgbImage {
         width: 96,
         height: 64,
@@ -286,19 +275,11 @@ fn the_uint8_output_is_the_bytes_of_the_float_output() {
         ..I2vParams::default()
     };
     let mut pipe = demo_pipeline(opts, 128).unwrap();
-    let tiled = |mode| TileConfig {
-        mode,
-        tile_sample_height: 64,
-        tile_sample_width: 64,
-        stride_sample_height: 32,
-        stride_sample_width: 32,
-        ..TileConfig::default()
-    };
     // Untiled, diffusers-tiled, and weighted-tiled (where the canvas goes straight to bytes).
     for tiling in [
         None,
-        Some(tiled(TilingMode::DiffusersCompatible)),
-        Some(tiled(TilingMode::Weighted)),
+        Some(small_tiles(TilingMode::DiffusersCompatible)),
+        Some(small_tiles(TilingMode::Weighted)),
     ] {
         pipe.set_vae_tiling(tiling.clone()).unwrap();
         let floats = pipe.generate(&image, &p, &mut |_| {}).unwrap();

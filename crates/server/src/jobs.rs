@@ -108,7 +108,7 @@ pub struct JobStatus {
 }
 
 /// How the residency manager placed a job's weights (GPU only).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct JobMemory {
     /// none, model or sequential.
     pub mode: String,

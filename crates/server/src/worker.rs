@@ -434,14 +434,7 @@ fn run_job(
         Ok((frames, Some(note))) => {
             let mem = pipeline.as_ref().map(|l| l.mem);
             job.update(|s| {
-                let m = s.memory.get_or_insert(JobMemory {
-                    mode: String::new(),
-                    prefetch: 0,
-                    estimate_bytes: 0,
-                    budget_bytes: 0,
-                    reason: None,
-                    fallback: None,
-                });
+                let m = s.memory.get_or_insert_with(JobMemory::default);
                 if let Some(mem) = mem {
                     m.mode = mem.mode.to_string();
                     m.prefetch = mem.prefetch;
