@@ -109,13 +109,8 @@ fn attention_bench(c: &mut Criterion) {
     let Some(d) = common::gpu_or_skip() else {
         return;
     };
-    let registry = match KernelRegistry::new(d.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("attention bench: {e}");
-            return;
-        }
-    };
+    let registry = KernelRegistry::new(d.clone())
+        .unwrap_or_else(|e| panic!("attention bench: kernel registry: {e}"));
     let dev_name = common::id_name(&d);
     let gpu = Device::Cuda(d.index());
     let index = d.index() as i64;

@@ -15,13 +15,8 @@ fn tile_accumulate_bench(c: &mut Criterion) {
     let Some(d) = common::gpu_or_skip() else {
         return;
     };
-    let registry = match KernelRegistry::new(d.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tile_accumulate bench: {e}");
-            return;
-        }
-    };
+    let registry = KernelRegistry::new(d.clone())
+        .unwrap_or_else(|e| panic!("tile_accumulate bench: kernel registry: {e}"));
     let name = common::id_name(&d);
     let gpu = Device::Cuda(d.index());
     // An LTX output canvas (768x512, 121 frames, RGB) and one 256x256 spatial tile of it.

@@ -5,8 +5,9 @@
 //! the fused normalise→uint8 pass (`kernel/`); each ends in the uint8 frames a video is written
 //! from. Before the timed runs each method's peak memory and PSNR against the untiled
 //! decode (same noise seed) are printed as `memory <id>: N MiB` and `psnr <id>: X dB`. An
-//! untiled decode that does not fit is reported as out of memory. Without a CUDA device it
-//! prints `skipped: no CUDA device (…)`.
+//! untiled decode that runs out of memory is reported as such and left out; any other error
+//! fails the bench with that error. Without a CUDA device it prints
+//! `skipped: no CUDA device (…)` (or fails, where CUDA is required).
 
 mod common;
 
@@ -34,7 +35,9 @@ fn vae_bench(c: &mut Criterion) {
     let Some(d) = common::gpu_or_skip() else {
         return;
     };
-    let registry = KernelRegistry::new(d.clone()).ok();
+    let registry = KernelRegistry::new(d.clone())
+        .unwrap_or_else(|e| panic!("vae bench: kernel registry: {e}"));
+    let registry = Some(&registry);
     let gpu = Device::Cuda(d.index());
     let index = d.index() as i64;
     let frames: i64 = std::env::var("LTX_BENCH_VAE_FRAMES")
@@ -45,13 +48,8 @@ fn vae_bench(c: &mut Criterion) {
     let cfg = released_vae_config(VaeLayout::V091);
     tch::manual_seed(0);
     let store = WeightStore::random(Kind::BFloat16, gpu);
-    let vae = match tch::no_grad(|| LtxVae::new(&store.root(), cfg.clone())) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("vae bench: {e}");
-            return;
-        }
-    };
+    let vae = tch::no_grad(|| LtxVae::new(&store.root(), cfg.clone()))
+        .unwrap_or_else(|e| panic!("vae bench: building the VAE: {e}"));
     let (lf, lh, lw) = ((frames - 1) / 8 + 1, 512 / 32, 768 / 32);
     let z = Tensor::randn([1, cfg.latent_channels, lf, lh, lw], (Kind::BFloat16, gpu));
     let t = Tensor::from_slice(&[0.05f32])
@@ -69,19 +67,21 @@ fn vae_bench(c: &mut Criterion) {
     // Each way ends in the uint8 frames a video is written from (ours fuses that pass).
     let untiled = || {
         tch::manual_seed(1);
-        tch::no_grad(|| decode_to_u8(&vae, &z, temb, None, registry.as_ref()))
+        tch::no_grad(|| decode_to_u8(&vae, &z, temb, None, registry))
     };
     let tiled = |cfg: &TileConfig| {
         tch::manual_seed(1);
-        tch::no_grad(|| decode_to_u8(&vae, &z, temb, Some(cfg), registry.as_ref()))
+        tch::no_grad(|| decode_to_u8(&vae, &z, temb, Some(cfg), registry))
+            .unwrap_or_else(|e| panic!("vae bench: tiled decode ({:?}): {e}", cfg.mode))
     };
 
     let (reference, peak) = peak_above_start(&d, || match untiled() {
         Ok(v) => Some(v),
-        Err(e) => {
+        Err(e) if e.to_string().to_lowercase().contains("out of memory") => {
             println!("memory {group_name}/tch_reference/{shape}: out of memory ({e})");
             None
         }
+        Err(e) => panic!("vae bench: untiled decode: {e}"),
     });
     let fits = reference.is_some();
     if fits {
@@ -92,10 +92,13 @@ fn vae_bench(c: &mut Criterion) {
     }
     let _ = d.empty_cache();
     for (method, cfg) in [("diffusers_tiled", &diffusers), ("kernel", &weighted)] {
-        let (out, peak) = peak_above_start(&d, || tiled(cfg).ok());
+        let (out, peak) = peak_above_start(&d, || tiled(cfg));
         println!("memory {group_name}/{method}/{shape}: {:.1} MiB", mib(peak));
-        if let (Some(o), Some(r)) = (&out, &reference) {
-            println!("psnr {group_name}/{method}/{shape}: {:.2} dB", psnr(o, r));
+        if let Some(r) = &reference {
+            println!(
+                "psnr {group_name}/{method}/{shape}: {:.2} dB",
+                psnr(&out, r)
+            );
         }
         drop(out);
         let _ = d.empty_cache();
@@ -107,7 +110,11 @@ fn vae_bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     if fits {
         group.bench_function(format!("tch_reference/{shape}"), |b| {
-            b.iter_custom(|iters| timed(index, iters, || drop(untiled())))
+            b.iter_custom(|iters| {
+                timed(index, iters, || {
+                    drop(untiled().unwrap_or_else(|e| panic!("vae bench: untiled decode: {e}")))
+                })
+            })
         });
     }
     group.bench_function(format!("diffusers_tiled/{shape}"), |b| {

@@ -68,8 +68,8 @@ __device__ void sliced_attention(const ltx_attention_params &p) {
   static_assert(D % 16 == 0, "head dim must be a multiple of 16");
   // K and V slices; rows padded by 8 halves so column reads by different rows avoid
   // bank conflicts.
-  __shared__ u16 ks[LTX_BK][D + 8];
-  __shared__ u16 vs[LTX_BK][D + 8];
+  __shared__ __align__(16) u16 ks[LTX_BK][D + 8];
+  __shared__ __align__(16) u16 vs[LTX_BK][D + 8];
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;

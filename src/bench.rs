@@ -227,16 +227,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 }
 
 /// The CUDA device `index` for a GPU benchmark, or None after printing
-/// `skipped: no CUDA device (reason)` (the benchmark then exits 0).
-pub fn cuda_or_skip(index: usize) -> Option<ltx_gpu::CudaDevice> {
-    let why = match ltx_gpu::cuda::runtime() {
-        Ok(rt) if rt.device_count > index => match ltx_gpu::cuda::open(index) {
-            Ok(d) => return Some(d),
-            Err(e) => e.to_string(),
-        },
-        Ok(rt) => format!("{} visible, cuda:{index} asked", rt.device_count),
-        Err(e) => e.to_string(),
-    };
-    println!("skipped: no CUDA device ({why})");
-    None
+/// `skipped: no CUDA device (reason)` (the benchmark then exits 0); an error where CUDA is
+/// required ([`ltx_gpu::cuda::cuda_required`]), so the benchmark exits non-zero.
+pub fn cuda_or_skip(index: usize) -> anyhow::Result<Option<ltx_gpu::CudaDevice>> {
+    ltx_gpu::cuda::open_for_suite(index).map_err(anyhow::Error::msg)
 }

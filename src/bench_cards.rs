@@ -55,7 +55,7 @@ fn stage_name(p: &Progress) -> &'static str {
 }
 
 pub fn run(b: CardsBench) -> anyhow::Result<()> {
-    let Some(dev) = crate::bench::cuda_or_skip(b.device) else {
+    let Some(dev) = crate::bench::cuda_or_skip(b.device)? else {
         return Ok(());
     };
     let i = b.device;
@@ -151,7 +151,7 @@ fn one(
         mode,
         prefetch: b.prefetch,
     };
-    tch::manual_seed(0);
+    ltx_gpu::manual_seed(0);
     // Host-resident weights drawn on the GPU (before the cap), then placed for the mode.
     let host = LoadOptions {
         device: if mode == OffloadMode::None {

@@ -87,7 +87,7 @@ fn gb(b: u64) -> f64 {
 }
 
 pub fn run(b: OffloadBench) -> anyhow::Result<()> {
-    let Some(dev) = crate::bench::cuda_or_skip(b.device) else {
+    let Some(dev) = crate::bench::cuda_or_skip(b.device)? else {
         return Ok(());
     };
     let i = b.device;
@@ -120,7 +120,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
 
     // The model on the host, its parameters into a pinned arena.
     let t0 = Instant::now();
-    tch::manual_seed(0);
+    ltx_gpu::manual_seed(0);
     let store = WeightStore::random(Kind::BFloat16, Device::Cpu);
     let mut model = tch::no_grad(|| LtxTransformer::new(&store.root(), cfg.clone()))?;
     let named = store.take_params();
@@ -187,9 +187,14 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
 
-    // Raw bandwidth: a 1 GiB pinned buffer to the device in one copy.
+    // Raw bandwidth: a 1 GiB pinned buffer (cudaHostAlloc, as the arena's) to the device in one
+    // copy.
     let n = 1i64 << 30;
-    let host = Tensor::empty([n], (Kind::Uint8, Device::Cpu)).pin_memory(device);
+    let host = ltx_gpu::pinned::empty(n as usize)?;
+    anyhow::ensure!(
+        ltx_gpu::pinned::is_pinned(&host),
+        "the raw-bandwidth buffer is not pinned"
+    );
     let on = Tensor::empty([n], (Kind::Uint8, device));
     let raw = time(i, b.reps, || Ok(ltx_gpu::copy_into(&on, &host, true)?))?;
     let raw_gbs = n as f64 / raw / 1e9;

@@ -1,5 +1,7 @@
 //! `ltx-i2v doctor`: what this machine can do, in a few lines. Exits 0 whether or not CUDA
-//! is usable; a missing GPU is a fact to report, not a failure.
+//! is usable (a missing GPU is a fact to report, not a failure), except where CUDA is
+//! required (`LTX_REQUIRE_CUDA=1`, or `nvidia-smi -L` lists a GPU) and is not usable, or a
+//! kernel fails to load into a device.
 
 use ltx_gpu::report;
 
@@ -44,6 +46,40 @@ pub fn run(json: bool) -> anyhow::Result<()> {
             "kernel     {} {} [{}]: {}",
             k.name, k.arch, k.compiler, k.status
         );
+    }
+    for e in &r.entries {
+        match (e.registers, e.local_bytes, e.static_shared_bytes, e.max_threads_per_block) {
+            (Some(regs), Some(local), Some(shared), Some(threads)) => println!(
+                "loaded     cuda:{} {}::{}: {regs} registers, {local} B local, {shared} B shared, ≤ {threads} threads/block",
+                e.device, e.kernel, e.entry
+            ),
+            _ => println!(
+                "loaded     cuda:{} {}::{}: FAILED: {}",
+                e.device, e.kernel, e.entry, e.status
+            ),
+        }
+    }
+    let l = &r.libraries;
+    for (name, path) in [
+        ("libcuda", &l.libcuda),
+        ("libnvrtc", &l.libnvrtc),
+        ("libcudart", &l.libcudart),
+        ("libtorch_cpu", &l.libtorch_cpu),
+        ("libtorch_cuda", &l.libtorch_cuda),
+        ("libc10", &l.libc10),
+        ("libc10_cuda", &l.libc10_cuda),
+    ] {
+        println!(
+            "lib        {name:<13} {}",
+            path.as_deref().unwrap_or("(not loaded)")
+        );
+    }
+    if let (Some(why), false) = (ltx_gpu::cuda::cuda_required(), r.cuda.available) {
+        anyhow::bail!("CUDA is required here ({why}) but not usable");
+    }
+    let failed = r.entries.iter().filter(|e| e.status != "ok").count();
+    if failed > 0 {
+        anyhow::bail!("{failed} kernel entries failed to load (see above)");
     }
     Ok(())
 }

@@ -138,15 +138,28 @@ fn serve_rejects_a_malformed_device_string() {
 }
 
 #[test]
-fn offload_bench_says_it_skipped_without_a_gpu() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ltx-i2v"))
-        .args(["bench", "offload", "--layers", "2"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+fn offload_bench_says_it_skipped_without_a_gpu_and_fails_where_cuda_is_required() {
     if ltx_gpu::cuda::driver_present() {
         return; // the GPU suite runs it for real
     }
+    let run = |require: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ltx-i2v"))
+            .args(["bench", "offload", "--layers", "2"])
+            .env("LTX_REQUIRE_CUDA", require)
+            .output()
+            .unwrap()
+    };
+    let out = run("0");
+    let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.starts_with("skipped: no CUDA device ("), "{text}");
+    assert!(text.contains("skipped: no CUDA device ("), "{text}");
+    // Where CUDA is required, the same run is a failure that says why.
+    let out = run("1");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("CUDA is required here (LTX_REQUIRE_CUDA=1)")
+            && text.contains("no NVIDIA driver"),
+        "{text}"
+    );
 }

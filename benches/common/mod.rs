@@ -5,15 +5,10 @@ use std::time::{Duration, Instant};
 
 use ltx_gpu::cuda::{self, CudaDevice};
 
-/// CUDA device 0, or None after printing `skipped: no CUDA device (reason)`.
+/// CUDA device 0, or None after printing `skipped: no CUDA device (reason)`; panics (the
+/// bench fails) where CUDA is required ([`cuda::cuda_required`]).
 pub fn gpu_or_skip() -> Option<CudaDevice> {
-    match cuda::open(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    cuda::open_for_suite(0).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The device's name as it goes into benchmark ids.

@@ -89,6 +89,8 @@ fn build_shim(manifest: &Path, libtorch: &Path, cuda_include: &Path) -> Result<(
         libtorch.join("lib").display()
     );
     println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    // cudaHostAlloc/cudaFreeHost for the pinned arena; libtorch_cpu needs this library anyway.
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libcudart.so.13");
     println!("cargo:rustc-link-lib=dylib=c10");
     Ok(())
 }

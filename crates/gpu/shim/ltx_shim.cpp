@@ -4,10 +4,13 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/headeronly/version.h>
+
+#include <cuda_runtime_api.h>
 
 #include <cstring>
 #include <exception>
@@ -131,6 +134,36 @@ int ltx_cuda_set_current_stream(ltx_stream stream, char *err, size_t err_len) {
   return guarded(err, err_len, [&] {
     c10::cuda::setCurrentCUDAStream(c10::cuda::CUDAStream::unpack3(
         stream.id, stream.device_index, static_cast<c10::DeviceType>(stream.device_type)));
+  });
+}
+
+int ltx_pinned_empty(int64_t bytes, void **out, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(out != nullptr, "null output");
+    TORCH_CHECK(bytes > 0, "a pinned buffer needs at least one byte, got ", bytes);
+    void *p = nullptr;
+    const cudaError_t e =
+        cudaHostAlloc(&p, static_cast<size_t>(bytes), cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free error state of this thread
+      TORCH_CHECK(false, "cudaHostAlloc of ", bytes, " bytes failed: ", cudaGetErrorString(e));
+    }
+    try {
+      at::Tensor t = at::from_blob(
+          p, {bytes}, [](void *q) { cudaFreeHost(q); },
+          at::TensorOptions().dtype(at::kByte).device(at::kCPU));
+      *out = new at::Tensor(std::move(t));
+    } catch (...) {
+      cudaFreeHost(p);
+      throw;
+    }
+  });
+}
+
+int ltx_tensor_is_pinned(const void *t, int *out, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(t != nullptr && out != nullptr, "null tensor");
+    *out = static_cast<const at::Tensor *>(t)->is_pinned() ? 1 : 0;
   });
 }
 

@@ -49,6 +49,14 @@ int ltx_cuda_stream_from_external(void *cuda_stream, int device, ltx_stream *out
 int ltx_cuda_current_stream(int device, ltx_stream *out, char *err, size_t err_len);
 int ltx_cuda_set_current_stream(ltx_stream stream, char *err, size_t err_len);
 
+/* A 1-D uint8 CPU tensor of exactly `bytes` bytes of page-locked memory from cudaHostAlloc
+ * (portable across devices), freed with cudaFreeHost when torch drops its storage. Unlike
+ * torch's pinned allocator it does not round the size up to a power of two, and it does not
+ * keep freed blocks cached. *out receives a new at::Tensor* (tch's tensor handle). */
+int ltx_pinned_empty(int64_t bytes, void **out, char *err, size_t err_len);
+/* t.is_pinned() for an at::Tensor* t (needs libtorch_cuda loaded to ever say yes). */
+int ltx_tensor_is_pinned(const void *t, int *out, char *err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

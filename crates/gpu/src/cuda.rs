@@ -54,11 +54,29 @@ pub fn runtime() -> Result<&'static CudaRuntime, CudaUnavailable> {
     RUNTIME.get_or_init(init).as_ref().map_err(Clone::clone)
 }
 
+/// Loads CUDA before anything may touch torch's CUDA hooks for `device` (moving a tensor
+/// there, pinning memory, seeding its generator): torch decides once per process whether CUDA
+/// exists, so a CUDA call made before libtorch_cuda is loaded disables CUDA for good. A no-op
+/// for other devices.
+pub fn ensure_for(device: tch::Device) -> Result<(), CudaUnavailable> {
+    if let tch::Device::Cuda(index) = device {
+        let rt = runtime()?;
+        if index >= rt.device_count {
+            return Err(CudaUnavailable::NoSuchDevice {
+                index,
+                count: rt.device_count,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Whether the NVIDIA driver library (libcuda) can be loaded. cudarc panics on its first
 /// driver call when it cannot, so this check comes before any other.
 pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
     // SAFETY: only tries to dlopen libcuda.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
 }
 
 fn init() -> Result<CudaRuntime, CudaUnavailable> {
@@ -97,6 +115,10 @@ fn load_libtorch_cuda() -> Result<Option<PathBuf>, CudaUnavailable> {
             continue;
         }
         if let Err(e) = check_torch_version(path) {
+            reasons.push(e);
+            continue;
+        }
+        if let Err(e) = crate::libs::same_torch(&crate::libs::loaded(), path) {
             reasons.push(e);
             continue;
         }
@@ -204,6 +226,70 @@ fn dlopen_global(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Environment variable that makes the GPU suite fail instead of skip when CUDA is not usable
+/// (`1`/`true`; `0`/`false` turns the automatic check below off).
+pub const REQUIRE_CUDA_ENV: &str = "LTX_REQUIRE_CUDA";
+
+/// Why CUDA must work in this process, or None: `LTX_REQUIRE_CUDA=1`, or (unless it is `0`)
+/// `nvidia-smi -L` listing a GPU. On such a host a GPU test or benchmark that cannot open a
+/// device has found a bug (a library not found, a wrong path, a broken driver), not a machine
+/// without a GPU, so it must fail rather than pass as skipped.
+pub fn cuda_required() -> Option<String> {
+    static REQUIRED: OnceLock<Option<String>> = OnceLock::new();
+    REQUIRED
+        .get_or_init(|| {
+            let env = std::env::var(REQUIRE_CUDA_ENV).ok();
+            let smi = || {
+                Command::new("nvidia-smi")
+                    .arg("-L")
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            };
+            required_reason(env.as_deref(), smi)
+        })
+        .clone()
+}
+
+/// [`cuda_required`]'s rule, given the variable and a way to ask nvidia-smi.
+pub fn required_reason(
+    env: Option<&str>,
+    nvidia_smi_l: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    match env.map(|v| v.trim().to_ascii_lowercase()) {
+        Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => {
+            return Some(format!("{REQUIRE_CUDA_ENV}={v}"))
+        }
+        Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => return None,
+        _ => {}
+    }
+    let listing = nvidia_smi_l()?;
+    let gpu = listing
+        .lines()
+        .find(|l| l.trim_start().starts_with("GPU "))?;
+    Some(format!("nvidia-smi lists {}", gpu.trim()))
+}
+
+/// For the GPU suite (tests and benchmarks): CUDA device `index`; or, where CUDA is not usable,
+/// `Ok(None)` after printing `skipped: no CUDA device (reason)` to stderr — unless CUDA is
+/// required here ([`cuda_required`]), when it is an error saying both why it is required and
+/// why it is not usable.
+pub fn open_for_suite(index: usize) -> Result<Option<CudaDevice>, String> {
+    match open(index) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) => match cuda_required() {
+            Some(why) => Err(format!(
+                "CUDA is required here ({why}) but cuda:{index} is not usable: {e}"
+            )),
+            None => {
+                eprintln!("skipped: no CUDA device ({e})");
+                Ok(None)
+            }
+        },
+    }
 }
 
 /// Devices the CUDA runtime reports through c10, without loading anything: 0 on a machine
@@ -334,6 +420,30 @@ mod tests {
         .unwrap();
         let lib = root.join("lib/libtorch_cuda.so");
         (root, lib)
+    }
+
+    #[test]
+    fn cuda_is_required_when_asked_or_when_nvidia_smi_lists_a_gpu() {
+        let smi_gpu = || Some("GPU 0: NVIDIA H200 (UUID: GPU-1234)\n".to_string());
+        let no_smi = || None;
+        assert_eq!(required_reason(None, no_smi), None);
+        assert_eq!(
+            required_reason(Some("1"), no_smi).as_deref(),
+            Some("LTX_REQUIRE_CUDA=1")
+        );
+        assert_eq!(
+            required_reason(None, smi_gpu).as_deref(),
+            Some("nvidia-smi lists GPU 0: NVIDIA H200 (UUID: GPU-1234)")
+        );
+        assert_eq!(
+            required_reason(Some("0"), smi_gpu),
+            None,
+            "explicit opt-out"
+        );
+        assert_eq!(
+            required_reason(None, || Some("No devices were found\n".into())),
+            None
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod device;
 mod error;
 mod ffi;
 pub mod kernels;
+pub mod libs;
+pub mod pinned;
 pub mod report;
 pub mod stream;
 
@@ -24,6 +26,17 @@ pub fn torch_version() -> &'static str {
     unsafe { std::ffi::CStr::from_ptr(ffi::ltx_torch_version()) }
         .to_str()
         .unwrap_or("unknown")
+}
+
+/// Seeds torch's generators like `tch::manual_seed`, after giving CUDA the chance to load:
+/// seeding reaches torch's CUDA hooks, and if they are asked before libtorch_cuda is loaded,
+/// torch decides for the whole process that there is no CUDA. Without an NVIDIA driver the
+/// check costs nothing.
+pub fn manual_seed(seed: i64) {
+    if cuda::driver_present() {
+        let _ = cuda::runtime();
+    }
+    tch::manual_seed(seed);
 }
 
 /// `dst.copy_(src, non_blocking)` through ATen, on the current stream: tch's `copy_` always

@@ -32,6 +32,9 @@ struct Mapped {
 /// tensors made on request (the `demo` model).
 pub struct WeightStore {
     random: bool,
+    /// Random stores: hand out zero-byte expanded tensors of the right shape and dtype (for
+    /// planning memory of released shapes without allocating them).
+    shapes_only: bool,
     files: Vec<Mapped>,
     index: HashMap<String, Entry>,
     used: RefCell<HashSet<String>>,
@@ -194,6 +197,7 @@ impl WeightStore {
         };
         Ok(Self {
             random: false,
+            shapes_only: false,
             files,
             index,
             used: RefCell::default(),
@@ -211,6 +215,7 @@ impl WeightStore {
     pub fn random(kind: Kind, device: Device) -> Self {
         Self {
             random: true,
+            shapes_only: false,
             files: Vec::new(),
             index: HashMap::new(),
             used: RefCell::default(),
@@ -229,6 +234,17 @@ impl WeightStore {
         Self {
             generate_on: Some(generate_on),
             ..Self::random(kind, device)
+        }
+    }
+
+    /// A store whose tensors have the shapes and dtype the modules ask for but no memory (one
+    /// element expanded): the parameter names and byte sizes of a model of any size, for
+    /// memory planning. Its modules must not be run.
+    pub fn shapes_only(kind: Kind) -> Self {
+        Self {
+            shapes_only: true,
+            description: "shapes only (no weights)".into(),
+            ..Self::random(kind, Device::Cpu)
         }
     }
 
@@ -295,6 +311,13 @@ impl WeightStore {
     }
 
     fn load_uncounted(&self, name: &str, expected: &[i64], kind: Kind) -> Result<Tensor> {
+        if self.shapes_only {
+            return Ok(Tensor::f_zeros([], (kind, Device::Cpu))?.f_expand(expected, false)?);
+        }
+        // CUDA before the first tensor moves there (see ltx_gpu::cuda::ensure_for).
+        for d in [Some(self.device), self.generate_on].into_iter().flatten() {
+            ltx_gpu::cuda::ensure_for(d).map_err(|e| ModelError::Memory(e.to_string()))?;
+        }
         if self.random {
             let on = self.generate_on.unwrap_or(self.device);
             return Ok(Self::random_tensor(name, expected, kind, on)?.f_to_device(self.device)?);

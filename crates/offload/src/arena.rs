@@ -9,7 +9,7 @@ use crate::{OffloadError, Result};
 /// Alignment of every tensor and group inside a chunk (bytes).
 pub const ALIGN: usize = 256;
 
-fn align(n: usize) -> usize {
+pub(crate) fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
@@ -81,30 +81,35 @@ impl Layout {
 /// The allocated chunks.
 pub struct HostArena {
     chunks: Vec<Tensor>,
-    pinned: bool,
 }
 
 impl HostArena {
     /// Allocates `layout`'s chunks in host memory, page-locked for `pin_for` (a CUDA device).
+    /// Each chunk is exactly its layout size (pinned ones through [`ltx_gpu::pinned::empty`],
+    /// not torch's power-of-two allocator), so [`HostArena::bytes`] is the memory held.
     pub fn allocate(layout: &Layout, pin_for: Option<Device>) -> Result<Self> {
+        if let Some(d) = pin_for {
+            ltx_gpu::cuda::ensure_for(d).map_err(ltx_gpu::GpuError::from)?;
+        }
         let mut chunks = Vec::with_capacity(layout.chunks.len());
         for &bytes in &layout.chunks {
-            let t = Tensor::f_empty([bytes as i64], (Kind::Uint8, Device::Cpu))?;
-            // One chunk at a time: the unpinned allocation is dropped before the next.
             let t = match pin_for {
-                Some(d) => t.f_pin_memory(d)?,
-                None => t,
+                Some(_) if bytes > 0 => ltx_gpu::pinned::empty(bytes)?,
+                _ => Tensor::f_empty([bytes as i64], (Kind::Uint8, Device::Cpu))?,
             };
             chunks.push(t);
         }
-        Ok(Self {
-            chunks,
-            pinned: pin_for.is_some(),
-        })
+        Ok(Self { chunks })
     }
 
+    /// Whether torch reports every chunk's memory as page-locked (asked of the memory itself,
+    /// not remembered from the allocation).
     pub fn pinned(&self) -> bool {
-        self.pinned
+        self.chunks.iter().any(|c| c.numel() > 0)
+            && self
+                .chunks
+                .iter()
+                .all(|c| c.numel() == 0 || ltx_gpu::pinned::is_pinned(c))
     }
 
     pub fn chunk(&self, i: usize) -> &Tensor {

@@ -52,12 +52,98 @@ struct Param {
     shape: Vec<i64>,
 }
 
+/// How tensors are grouped: `order` lists the input indices remainder first, then unit by
+/// unit (load order within each); `groups` are ranges of `order`. The first
+/// `remainder_groups` groups are the remainder cut at tensor boundaries into pieces of at
+/// most one chunk (it never moves as one copy, so it need not be contiguous); each later group
+/// is one whole unit (one copy into one slot).
+struct Grouping {
+    order: Vec<usize>,
+    groups: Vec<Range<usize>>,
+    remainder_groups: usize,
+}
+
+fn grouping<'a>(
+    named: impl Iterator<Item = (&'a str, usize)>,
+    unit_of: UnitOf,
+    chunk_bytes: usize,
+) -> Result<(Grouping, Vec<Vec<usize>>)> {
+    let mut keyed: Vec<(Option<usize>, usize, usize)> = named
+        .enumerate()
+        .map(|(i, (n, bytes))| (unit_of(n), i, bytes))
+        .collect();
+    // Remainder first, then units in order; load order within a group.
+    keyed.sort_by_key(|(u, i, _)| (u.map_or(0, |u| u + 1), *i));
+    let n_units = keyed
+        .iter()
+        .filter_map(|(u, ..)| *u)
+        .max()
+        .map_or(0, |m| m + 1);
+    let mut groups: Vec<Range<usize>> = Vec::new();
+    let mut sizes: Vec<Vec<usize>> = Vec::new();
+    let mut piece_bytes = 0;
+    let mut remainder_groups = 0;
+    let mut unit_groups = vec![None::<usize>; n_units];
+    for (pos, &(u, _, bytes)) in keyed.iter().enumerate() {
+        let g = match u {
+            None => {
+                let padded = crate::arena::align(bytes);
+                if remainder_groups == 0 || (piece_bytes > 0 && piece_bytes + padded > chunk_bytes)
+                {
+                    groups.push(pos..pos);
+                    sizes.push(Vec::new());
+                    remainder_groups += 1;
+                    piece_bytes = 0;
+                }
+                piece_bytes += padded;
+                remainder_groups - 1
+            }
+            Some(u) => *unit_groups[u].get_or_insert_with(|| {
+                groups.push(pos..pos);
+                sizes.push(Vec::new());
+                groups.len() - 1
+            }),
+        };
+        groups[g].end = pos + 1;
+        sizes[g].push(bytes);
+    }
+    if let Some(u) = unit_groups.iter().position(Option::is_none) {
+        return Err(OffloadError::Invalid(format!("unit {u} has no parameters")));
+    }
+    let order = keyed.into_iter().map(|(_, i, _)| i).collect();
+    Ok((
+        Grouping {
+            order,
+            groups,
+            remainder_groups,
+        },
+        sizes,
+    ))
+}
+
+/// The host layout [`OffloadedWeights`] would give tensors of these names and byte sizes:
+/// arithmetic only, so the memory a released model needs can be planned (and tested) without
+/// allocating it. Its `total_bytes` is the host memory the arena would hold.
+pub fn plan_layout(
+    named: &[(String, usize)],
+    unit_of: UnitOf,
+    chunk_bytes: usize,
+) -> Result<Layout> {
+    let (_, sizes) = grouping(
+        named.iter().map(|(n, b)| (n.as_str(), *b)),
+        unit_of,
+        chunk_bytes,
+    )?;
+    Ok(Layout::pack(&sizes, chunk_bytes))
+}
+
 /// Weights whose master copies live once in host memory; the modules' tensors are pointed at
 /// the host copy, at a device copy of the whole component, or unit by unit at streaming slots.
 pub struct OffloadedWeights {
     params: Vec<Param>,
-    /// Group 0 is the remainder; group u + 1 is unit u. Indices into `params`.
+    /// The remainder's pieces, then one group per unit. Indices into `params`.
     groups: Vec<Range<usize>>,
+    remainder_groups: usize,
     layout: Layout,
     arena: HostArena,
     device: Device,
@@ -88,47 +174,33 @@ impl OffloadedWeights {
         chunk_bytes: usize,
         pin: bool,
     ) -> Result<Self> {
-        let mut keyed: Vec<(Option<usize>, usize, String, Tensor)> = named
-            .into_iter()
-            .enumerate()
-            .map(|(i, (n, t))| (unit_of(&n), i, n, t))
-            .collect();
-        // Remainder first, then units in order; load order within a group.
-        keyed.sort_by_key(|(u, i, _, _)| (u.map_or(0, |u| u + 1), *i));
-        let n_units = keyed
+        // CUDA first: pinning or moving a tensor before libtorch_cuda is loaded would disable
+        // CUDA for the whole process.
+        ltx_gpu::cuda::ensure_for(device).map_err(ltx_gpu::GpuError::from)?;
+        let (grouping, sizes) = grouping(
+            named.iter().map(|(n, t)| (n.as_str(), tensor_bytes(t))),
+            unit_of,
+            chunk_bytes,
+        )?;
+        let mut slots: Vec<Option<Tensor>> = named.into_iter().map(|(_, t)| Some(t)).collect();
+        let params: Vec<Param> = grouping
+            .order
             .iter()
-            .filter_map(|(u, ..)| *u)
-            .max()
-            .map_or(0, |m| m + 1);
-        let mut groups = vec![0..0; n_units + 1];
-        for (pos, (u, ..)) in keyed.iter().enumerate() {
-            let g = u.map_or(0, |u| u + 1);
-            if groups[g].is_empty() {
-                groups[g] = pos..pos + 1;
-            } else {
-                groups[g].end = pos + 1;
-            }
-        }
-        if let Some(u) = groups.iter().skip(1).position(|g| g.is_empty()) {
-            return Err(OffloadError::Invalid(format!("unit {u} has no parameters")));
-        }
-        let params: Vec<Param> = keyed
-            .into_iter()
-            .map(|(_, _, _, t)| Param {
-                kind: t.kind(),
-                shape: t.size(),
-                handle: t,
+            .map(|&i| {
+                let t = slots[i].take().expect("each tensor is placed once");
+                Param {
+                    kind: t.kind(),
+                    shape: t.size(),
+                    handle: t,
+                }
             })
-            .collect();
-        let sizes: Vec<Vec<usize>> = groups
-            .iter()
-            .map(|g| params[g.clone()].iter().map(param_bytes).collect())
             .collect();
         let layout = Layout::pack(&sizes, chunk_bytes);
         let arena = HostArena::allocate(&layout, (pin && device.is_cuda()).then_some(device))?;
         let mut w = Self {
             params,
-            groups,
+            groups: grouping.groups,
+            remainder_groups: grouping.remainder_groups,
             layout,
             arena,
             device,
@@ -159,7 +231,8 @@ impl OffloadedWeights {
         self.params.iter().map(|p| param_bytes(p) as u64).sum()
     }
 
-    /// Host memory held (the arena, with alignment padding).
+    /// Host memory held: the arena's chunks, exactly as allocated (pinned or not), alignment
+    /// padding included.
     pub fn host_bytes(&self) -> u64 {
         self.arena.bytes() as u64
     }
@@ -169,12 +242,12 @@ impl OffloadedWeights {
     }
 
     pub fn num_units(&self) -> usize {
-        self.groups.len() - 1
+        self.groups.len() - self.remainder_groups
     }
 
     /// Padded bytes of unit `u`'s group (what one slot must hold).
     pub fn unit_bytes(&self, u: usize) -> usize {
-        self.layout.groups[u + 1].bytes
+        self.unit_span(u).bytes
     }
 
     pub fn max_unit_bytes(&self) -> usize {
@@ -184,8 +257,12 @@ impl OffloadedWeights {
             .unwrap_or(0)
     }
 
+    /// Padded bytes of the remainder (all its pieces).
     pub fn remainder_bytes(&self) -> usize {
-        self.layout.groups[0].bytes
+        self.layout.groups[..self.remainder_groups]
+            .iter()
+            .map(|s| s.bytes)
+            .sum()
     }
 
     /// Unit `u`'s bytes in the arena.
@@ -194,7 +271,7 @@ impl OffloadedWeights {
     }
 
     fn unit_span(&self, u: usize) -> Span {
-        self.layout.groups[u + 1]
+        self.layout.groups[self.remainder_groups + u]
     }
 
     /// Points group `g`'s modules at the copy of the group in `bytes` (a 1-D uint8 buffer laid
@@ -214,7 +291,7 @@ impl OffloadedWeights {
 
     /// Unit `u`'s parameters: (the module handle, its host copy).
     pub fn unit_params(&self, u: usize) -> Result<Vec<(Tensor, Tensor)>> {
-        let g = u + 1;
+        let g = self.remainder_groups + u;
         let span = self.arena.span(self.layout.groups[g])?;
         self.groups[g]
             .clone()
@@ -233,14 +310,22 @@ impl OffloadedWeights {
 
     /// Points unit `u`'s modules at `slot` (which holds, or will hold before use, its bytes).
     pub fn bind_unit(&mut self, u: usize, slot: &Tensor) -> Result<()> {
-        self.bind_group(u + 1, slot)
+        self.bind_group(self.remainder_groups + u, slot)
     }
 
-    /// Copies the remainder to `device` and points its modules there; returns the buffer.
+    /// Copies the remainder into one buffer on `device` (asynchronously from pinned memory, on
+    /// the current stream) and points its modules there; returns the buffer.
     pub fn onload_remainder(&mut self, device: Device) -> Result<Tensor> {
-        let host = self.arena.span(self.layout.groups[0])?;
-        let on = host.f_to_device_(device, Kind::Uint8, true, false)?;
-        self.bind_group(0, &on)?;
+        let on = Tensor::f_empty([self.remainder_bytes() as i64], (Kind::Uint8, device))?;
+        let mut at = 0;
+        for g in 0..self.remainder_groups {
+            let span = self.layout.groups[g];
+            let host = self.arena.span(span)?;
+            let dst = on.f_narrow(0, at as i64, span.bytes as i64)?;
+            ltx_gpu::copy_into(&dst, &host, true)?;
+            self.bind_group(g, &dst)?;
+            at += span.bytes;
+        }
         Ok(on)
     }
 
@@ -288,6 +373,10 @@ impl OffloadedWeights {
             .as_ref()
             .map_or(0, |c| c.iter().map(|t| t.numel() as u64).sum())
     }
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.numel() * t.kind().elt_size_in_bytes()
 }
 
 fn param_bytes(p: &Param) -> usize {

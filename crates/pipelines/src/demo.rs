@@ -75,7 +75,7 @@ fn scheduler() -> FlowMatchConfig {
 
 /// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).
 pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<LtxI2vPipeline> {
-    tch::manual_seed(DEMO_SEED);
+    ltx_gpu::manual_seed(DEMO_SEED);
     random_pipeline(&RandomShapes::demo(), opts, None, max_sequence_length)
 }
 

@@ -592,9 +592,11 @@ impl LtxI2vPipeline {
         self.generate_as(image, p, progress, cancelled, false)
     }
 
-    /// Like [`LtxI2vPipeline::generate_cancellable`], as uint8 frames `[F, H, W, 3]` — the
-    /// bytes `frames_to_u8` makes of the float frames — for writing videos and images. With
-    /// weighted VAE tiling the decoded canvas goes straight to bytes (one fused pass on CUDA).
+    /// Like [`LtxI2vPipeline::generate_cancellable`], as uint8 frames `[F, H, W, 3]` for
+    /// writing videos and images: at float32, the bytes `frames_to_u8` makes of the float
+    /// frames. With weighted VAE tiling the decoded canvas goes straight to bytes (one fused
+    /// pass on CUDA), which at bf16/fp16 skips the float output's rounding to the decoder's
+    /// dtype (see [`crate::tiled_decode::decode_to_u8`]).
     pub fn generate_u8(
         &self,
         image: &RgbImage,
@@ -651,7 +653,7 @@ impl LtxI2vPipeline {
 
         progress(Progress::EncodingImage)?;
         self.enter(Component::Vae)?;
-        tch::manual_seed(p.seed as i64);
+        ltx_gpu::manual_seed(p.seed as i64);
         let posterior = self
             .vae
             .encode(&self.preprocess(image, p)?.f_unsqueeze(2)?)?;
@@ -734,7 +736,7 @@ impl LtxI2vPipeline {
         } else {
             None
         };
-        tch::manual_seed(p.decoder_noise_seed as i64);
+        ltx_gpu::manual_seed(p.decoder_noise_seed as i64);
         if as_u8 {
             return decode_to_u8(
                 &self.vae,

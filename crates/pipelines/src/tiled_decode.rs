@@ -529,12 +529,15 @@ fn accumulate_weighted(
     Ok((out, wsum, kind.unwrap_or(Kind::Float)))
 }
 
-/// Decodes a batch of one to uint8 frames `[F, H, W, 3]`, the bytes the pipeline's float output
-/// gives after `frames_to_u8`: `x·0.5 + 0.5` clamped to [0, 1], ×255, truncated. Untiled or in
-/// the diffusers mode that is the decode followed by those tch ops; in the weighted mode the
-/// canvas goes straight to bytes through [`tile_accumulate::finalize_u8`] — on CUDA one kernel
-/// pass instead of the normalised float video, its map and clamp, the channel-last copy and the
-/// conversion (and without rounding to the decoder's dtype in between).
+/// Decodes a batch of one to uint8 frames `[F, H, W, 3]`: `x·0.5 + 0.5` clamped to [0, 1],
+/// ×255, truncated. Untiled or in the diffusers mode that is the decode followed by those tch
+/// ops; in the weighted mode the float32 canvas goes straight to bytes through
+/// [`tile_accumulate::finalize_u8`] — on CUDA one kernel pass instead of the normalised float
+/// video, its map and clamp, the channel-last copy and the conversion. With a float32 decoder
+/// these are the bytes the pipeline's float output gives after `frames_to_u8`; with a bf16 or
+/// fp16 decoder the weighted mode skips the float path's rounding of the normalised video to
+/// the decoder's dtype, so a pixel can differ from that path by one level (the fused bytes are
+/// the more exact ones).
 pub fn decode_to_u8(
     vae: &LtxVae,
     z: &Tensor,

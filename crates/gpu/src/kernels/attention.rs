@@ -3,6 +3,8 @@
 //! bf16 or fp16, head dims 64 and 128, an optional additive key mask, any `[B, H, S, D]` strides
 //! with D contiguous (so `[B, S, H, D]` views are read in place).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use tch::{Device, Kind, Tensor};
 
@@ -13,12 +15,21 @@ pub const KERNEL: &str = "sliced_attention";
 const QUERIES_PER_BLOCK: i64 = 64;
 const THREADS: u32 = 128;
 
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has queued the kernel (so a test can tell that a backend
+/// really ran it, rather than falling back to another path).
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
 fn bad<T>(m: String) -> Result<T, GpuError> {
     Err(GpuError::InvalidArgument(format!("sliced attention: {m}")))
 }
 
 /// Whether the kernel handles these inputs (else use another backend): CUDA, bf16/fp16, head
-/// dim 64 or 128, D contiguous, and a mask (if any) that only depends on batch and key.
+/// dim 64 or 128, D contiguous, and a mask (if any) that is additive (a float tensor, not
+/// SDPA's boolean keep-mask) and only depends on batch and key.
 pub fn supports(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> bool {
     check(q, k, v, mask).is_ok()
 }
@@ -78,6 +89,13 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Ch
         }
         if m.device() != dev {
             return bad(format!("mask is on {:?}", m.device()));
+        }
+        if !m.is_floating_point() {
+            return bad(format!(
+                "a {:?} mask: the kernel takes an additive float mask (a boolean mask means \
+                 keep/drop to SDPA, not 0/1 to add)",
+                m.kind()
+            ));
         }
     }
     Ok(Checked {
@@ -174,13 +192,15 @@ pub fn sliced_attention(
     // contiguous float32 [B, Sk] tensor kept alive until after the launch is queued and then
     // freed stream-ordered by torch's allocator; the launch is on torch's current stream.
     unsafe { stream.launch_builder(&function).arg(&params).launch(cfg) }?;
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
     drop(mask32);
     Ok(out.f_permute([0, 2, 1, 3])?)
 }
 
 /// The memory-linear CPU (or any-device) fallback with the same result: queries in chunks of
 /// `chunk`, each `softmax(q_c·kᵀ·scale + mask)·v` — extra memory `chunk × Sk` per (B, H)
-/// instead of `Sq × Sk`.
+/// instead of `Sq × Sk`. A boolean mask is read as SDPA reads it: `true` keeps a key,
+/// `false` adds −∞.
 pub fn chunked_attention(
     q: &Tensor,
     k: &Tensor,
@@ -194,6 +214,15 @@ pub fn chunked_attention(
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
     // float32 like SDPA's math path accumulates; back to the input dtype at the end.
     let kt = k.f_to_kind(Kind::Float)?.f_transpose(-2, -1)?;
+    let additive = match mask {
+        Some(m) if m.kind() == Kind::Bool => Some(
+            Tensor::f_zeros(m.size(), (Kind::Float, m.device()))?
+                .f_masked_fill(&m.f_logical_not()?, f64::NEG_INFINITY)?,
+        ),
+        Some(m) => Some(m.shallow_clone()),
+        None => None,
+    };
+    let mask = additive.as_ref();
     let v32 = v.f_to_kind(Kind::Float)?;
     let mut parts = Vec::new();
     let mut start = 0;
@@ -271,5 +300,23 @@ mod tests {
         assert!(!supports(&q, &q, &q, None), "CPU tensors");
         let e = check(&q, &q, &q, None).err().unwrap().to_string();
         assert!(e.contains("CUDA"), "{e}");
+    }
+
+    #[test]
+    fn a_boolean_mask_keeps_and_drops_keys_like_sdpa() {
+        tch::manual_seed(4);
+        let (b, h, sq, sk, d) = (2, 2, 9, 13, 8);
+        let q = Tensor::randn([b, h, sq, d], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([b, h, sk, d], (Kind::Float, Device::Cpu));
+        let v = Tensor::randn([b, h, sk, d], (Kind::Float, Device::Cpu));
+        let keep = Tensor::rand([b, 1, 1, sk], (Kind::Float, Device::Cpu)).gt(0.4);
+        let _ = keep.narrow(3, 0, 1).fill_(1);
+        let want =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&keep), 0.0, false, None, false);
+        for chunk in [2, 9] {
+            let got = chunked_attention(&q, &k, &v, Some(&keep), None, chunk).unwrap();
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "chunk {chunk}: {err}");
+        }
     }
 }
