@@ -161,6 +161,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
                 height: h,
                 width: w,
                 rope_interpolation_scale: [8.0 / 25.0, 32.0, 32.0],
+                video_coords: None,
             })
         })?;
         drop(out);

@@ -317,6 +317,7 @@ fn small_transformer(
                 height: h,
                 width: w,
                 rope_interpolation_scale: [0.32, 32.0, 32.0],
+                video_coords: None,
             })
             .unwrap()
         })

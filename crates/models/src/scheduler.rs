@@ -159,3 +159,134 @@ impl FlowMatchSchedule {
         Ok((x + v.f_to_kind(Kind::Float)? * dt).f_to_kind(v.kind())?)
     }
 }
+
+/// diffusers' `linear_quadratic_schedule(n, threshold_noise=0.025)` (LTXConditionPipeline's
+/// default sigmas), computed in doubles like Python and returned as float32 like
+/// `torch.tensor`: `n/2` linear steps down to 1 − 0.025, then a quadratic to 0 (the last
+/// value, 0, is dropped); `[1.0]` for fewer than 2 steps.
+pub fn linear_quadratic_schedule(n: usize) -> Vec<f32> {
+    if n < 2 {
+        return vec![1.0];
+    }
+    let threshold = 0.025f64;
+    let l = n / 2;
+    let (lf, nf) = (l as f64, n as f64);
+    let diff = lf - threshold * nf;
+    let q = (n - l) as f64;
+    let qc = diff / (lf * q * q);
+    let lc = threshold / lf - 2.0 * diff / (q * q);
+    let c = qc * (lf * lf);
+    let lin = (0..l).map(|i| i as f64 * threshold / lf);
+    let quad = (l..n).map(|i| {
+        let i = i as f64;
+        qc * (i * i) + lc * i + c
+    });
+    lin.chain(quad).map(|x| (1.0 - x) as f32).collect()
+}
+
+/// `LTXConditionPipeline`'s schedule (diffusers 0.42.1, `../shared/specs/ltx-condition.md`
+/// §2.5): the given timesteps (default: the linear-quadratic sigmas × 1000) kept as they are,
+/// the scheduler's sigmas `t/1000` shifted and stretched as configured with a terminal 0, then
+/// the first steps dropped for `denoise_strength < 1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditionSchedule {
+    /// The scheduler's sigmas, all of them (terminal 0 included): the per-token step looks
+    /// for the next sigma here, not in the trimmed list.
+    pub sigmas: Vec<f32>,
+    /// The timesteps the denoising loop runs, after the trim.
+    pub timesteps: Vec<f32>,
+    /// With `denoise_strength < 1`: the first kept sigma, the noise level given latents are
+    /// mixed to before the loop.
+    pub latent_sigma: Option<f32>,
+}
+
+impl ConditionSchedule {
+    pub fn new(
+        config: &FlowMatchConfig,
+        steps: usize,
+        timesteps: Option<&[f64]>,
+        denoise_strength: f64,
+    ) -> Result<Self> {
+        config.validate()?;
+        if config.use_dynamic_shifting {
+            return Err(ModelError::UnsupportedConfig(
+                "LTXConditionPipeline with use_dynamic_shifting: diffusers needs mu, which this \
+                 pipeline never passes (set use_dynamic_shifting to false)"
+                    .into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&denoise_strength) {
+            return Err(ModelError::InvalidInput(format!(
+                "denoise_strength must be in [0, 1], got {denoise_strength}"
+            )));
+        }
+        let train = config.num_train_timesteps as f32;
+        let given: Vec<f32> = match timesteps {
+            Some([]) => {
+                return Err(ModelError::InvalidInput(
+                    "a custom timesteps list needs at least one value".into(),
+                ))
+            }
+            Some(t) => t.iter().map(|&v| v as f32).collect(),
+            None if steps == 0 => {
+                return Err(ModelError::InvalidInput(
+                    "the number of inference steps must be at least 1".into(),
+                ))
+            }
+            None => linear_quadratic_schedule(steps)
+                .into_iter()
+                .map(|s| s * 1000.0)
+                .collect(),
+        };
+        let n = given.len();
+        let shift = config.shift as f32;
+        let mut sigmas: Vec<f32> = given
+            .iter()
+            .map(|t| {
+                let s = t / train;
+                shift * s / (1.0 + (shift - 1.0) * s)
+            })
+            .collect();
+        if let Some(terminal) = config.shift_terminal.filter(|t| *t != 0.0) {
+            let last = 1.0 - sigmas[n - 1];
+            let scale = last / (1.0 - terminal as f32);
+            if scale == 0.0 {
+                return Err(ModelError::InvalidInput(format!(
+                    "shift_terminal {terminal}: the schedule ends at sigma 1 and cannot be stretched"
+                )));
+            }
+            for s in &mut sigmas {
+                *s = 1.0 - (1.0 - *s) / scale;
+            }
+        }
+        sigmas.push(0.0);
+        let (start, latent_sigma) = if denoise_strength < 1.0 {
+            let keep = ((n as f64 * denoise_strength) as usize).min(n);
+            let start = n - keep;
+            (start, sigmas.get(start).copied())
+        } else {
+            (0, None)
+        };
+        Ok(Self {
+            timesteps: given[start..].to_vec(),
+            sigmas,
+            latent_sigma,
+        })
+    }
+
+    /// The per-token Euler step (`step(-v, t, x, per_token_timesteps=tt)`): each token moves
+    /// from `σ = tt/1000` to the largest scheduler sigma below `σ − 1e-6` (0 if none),
+    /// `x + (σ − σ_next)·(−v)`, in float32 and left there. `tt` is `[B, S]` or `[B, 1]`.
+    pub fn step_per_token(&self, tt: &Tensor, v: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let dev = x.device();
+        let sigmas = Tensor::from_slice(&self.sigmas)
+            .f_to_device(dev)?
+            .f_view([-1, 1, 1])?;
+        let cur = tt.f_to_kind(Kind::Float)? / 1000.0;
+        let lower = sigmas.f_lt_tensor(&(cur.f_unsqueeze(0)? - 1e-6))?;
+        let (next, _) = (lower.f_to_kind(Kind::Float)? * &sigmas).f_max_dim(0, false)?;
+        let dt = (cur - next).f_unsqueeze(-1)?;
+        let x = x.f_to_kind(Kind::Float)?;
+        Ok(x + dt * v.f_neg()?)
+    }
+}

@@ -215,9 +215,16 @@ impl T5Encoder {
         Ok(base + rel.f_where_self(&is_small, &large)?)
     }
 
-    /// `last_hidden_state` `[B, L, d_model]` for token ids `[B, L]`. Like the LTX pipeline,
+    /// `last_hidden_state` `[B, L, d_model]` for token ids `[B, L]`. Like the LTX I2V pipeline,
     /// no attention mask: padding tokens take part in self-attention.
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        self.forward_masked(input_ids, None)
+    }
+
+    /// Like [`T5Encoder::forward`] with an attention mask `[B, L]` (1 real, 0 padding), as
+    /// `LTXConditionPipeline` passes it: padding keys get the dtype's lowest value added to
+    /// their scores, as transformers' bidirectional mask does.
+    pub fn forward_masked(&self, input_ids: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let len = input_ids.size()[1];
         let x = Tensor::f_embedding(&self.embed, input_ids, -1, false, false)?;
         let bias = self
@@ -226,6 +233,27 @@ impl T5Encoder {
             .f_reshape([len, len, -1])?
             .f_permute([2, 0, 1])?
             .f_unsqueeze(0)?;
+        // A new tensor, not `+=`: the [1, H, L, L] bias grows to [B, H, L, L].
+        let bias = match mask {
+            None => bias,
+            Some(m) => {
+                if m.size() != input_ids.size() {
+                    return Err(ModelError::InvalidInput(format!(
+                        "T5 attention mask {:?} must match the ids {:?}",
+                        m.size(),
+                        input_ids.size()
+                    )));
+                }
+                let lowest = match bias.kind() {
+                    Kind::Half => -65504.0,
+                    Kind::BFloat16 => -3.3895313892515355e38,
+                    Kind::Double => f64::MIN,
+                    _ => f32::MIN as f64,
+                };
+                let drop = (m.f_to_kind(bias.kind())? * -1.0 + 1.0) * lowest;
+                bias + drop.f_unsqueeze(1)?.f_unsqueeze(1)?
+            }
+        };
         let x = crate::hooks::run_blocks(&self.blocks, self.hooks.as_deref(), x, |block, x| {
             block.forward(&x, &bias, self.cfg.num_heads)
         })?;

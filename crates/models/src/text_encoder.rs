@@ -73,6 +73,20 @@ impl TextEncoder {
         }
     }
 
+    /// With the padding mask, as `LTXConditionPipeline` encodes prompts. A TorchScript export
+    /// takes `forward(input_ids)` only, so it is refused here rather than run without the
+    /// mask (which gives other embeddings).
+    pub fn forward_masked(&self, input_ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::T5(m) => m.forward_masked(input_ids, Some(mask)),
+            Self::TorchScript { path, .. } => Err(ModelError::UnsupportedConfig(format!(
+                "{}: the condition pipeline passes T5 an attention mask, and a TorchScript text \
+                 encoder takes input_ids only; use the safetensors text_encoder",
+                path.display()
+            ))),
+        }
+    }
+
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         match self {
             Self::T5(m) => m.forward(input_ids),

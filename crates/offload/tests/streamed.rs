@@ -52,6 +52,7 @@ fn forward(t: &LtxTransformer, seed: i64) -> Tensor {
             height: h,
             width: w,
             rope_interpolation_scale: [8.0 / 25.0, 32.0, 32.0],
+            video_coords: None,
         })
         .unwrap()
     })

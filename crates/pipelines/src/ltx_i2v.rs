@@ -701,6 +701,7 @@ impl LtxI2vPipeline {
                     height: h,
                     width: w,
                     rope_interpolation_scale: rope_scale,
+                    video_coords: None,
                 })?
                 .f_to_kind(Kind::Float)?;
             if p.cfg() {

@@ -187,6 +187,17 @@ impl Rope {
         Ok(Self { cos, sin })
     }
 
+    /// From explicit coordinates `[B, 3, S]`: `(t/20, y/2048, x/2048)` per token, as diffusers.
+    pub fn for_coords(coords: &Tensor, dim: i64) -> Result<Self> {
+        let c = coords.f_to_kind(Kind::Float)?;
+        let axes: Vec<Tensor> = [20.0, 2048.0, 2048.0]
+            .iter()
+            .enumerate()
+            .map(|(i, base)| Ok(c.f_select(1, i as i64)? / *base))
+            .collect::<Result<_>>()?;
+        Self::from_grid(&Tensor::f_stack(&axes, -1)?, dim)
+    }
+
     /// The grid of an `f × h × w` latent video with `rope_interpolation_scale` `(s_t, s_h, s_w)`.
     pub fn for_latents(
         batch: i64,
@@ -289,6 +300,10 @@ pub struct TransformerInput<'a> {
     pub width: i64,
     /// `(s_t, s_h, s_w)`; the I2V pipeline passes `(8/frame_rate, 32, 32)`.
     pub rope_interpolation_scale: [f64; 3],
+    /// Explicit RoPE coordinates `[B, 3, S]` (time in seconds, rows and columns in pixels), as
+    /// `LTXConditionPipeline` passes them; when given, the grid and the interpolation scale
+    /// are not used and the tokens need not form a `num_frames × height × width` grid.
+    pub video_coords: Option<&'a Tensor>,
 }
 
 pub struct LtxTransformer {
@@ -350,7 +365,14 @@ impl LtxTransformer {
     pub fn forward(&self, input: &TransformerInput<'_>) -> Result<Tensor> {
         let x = input.hidden_states;
         let (b, s) = (x.size()[0], x.size()[1]);
-        if s != input.num_frames * input.height * input.width {
+        if let Some(vc) = input.video_coords {
+            if vc.size() != [b, 3, s] {
+                return Err(ModelError::InvalidInput(format!(
+                    "video_coords {:?} must be [{b}, 3, {s}]",
+                    vc.size()
+                )));
+            }
+        } else if s != input.num_frames * input.height * input.width {
             return Err(ModelError::InvalidInput(format!(
                 "{s} latent tokens, but the grid {}×{}×{} has {}",
                 input.num_frames,
@@ -361,15 +383,18 @@ impl LtxTransformer {
         }
         let d = self.cfg.inner_dim();
         let dtype = x.kind();
-        let rope = Rope::for_latents(
-            b,
-            input.num_frames,
-            input.height,
-            input.width,
-            input.rope_interpolation_scale,
-            d,
-            x.device(),
-        )?;
+        let rope = match input.video_coords {
+            Some(vc) => Rope::for_coords(vc, d)?,
+            None => Rope::for_latents(
+                b,
+                input.num_frames,
+                input.height,
+                input.width,
+                input.rope_interpolation_scale,
+                d,
+                x.device(),
+            )?,
+        };
         let mask = match input.encoder_attention_mask {
             Some(m) => Some(
                 ((m.f_to_kind(dtype)? * -1.0 + 1.0) * -10000.0)

@@ -57,6 +57,7 @@ pub fn transformer_on_refs(model: &LtxTransformer) -> (Tensor, Tensor) {
             height: meta["height"].as_i64().unwrap(),
             width: meta["width"].as_i64().unwrap(),
             rope_interpolation_scale: [s[0], s[1], s[2]],
+            video_coords: None,
         })
     })
     .unwrap();
