@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod image;
 pub mod latent_upsample;
+pub mod ltx_condition;
 pub mod ltx_i2v;
 pub mod memory;
 pub mod tiled_decode;

@@ -1,0 +1,234 @@
+//! `LTXConditionPipeline` against diffusers 0.42.1 (tests/fixtures/ltx/refs/condition_pipeline.*,
+//! made by tools/ltx-fixtures/make_condition_pipeline.py) on the tiny 0.9.5-layout model: a
+//! frame-0 image with CFG (latents and decoded frames), an extra image at frame 16 plus video
+//! conditions with fractional strengths and CFG rescale, a distilled timestep list at guidance
+//! 1, no condition, and the refine pass from given latents with denoise_strength 0.4. The same
+//! seed gives diffusers' output and leaves the generator where diffusers leaves it. fp32 CPU:
+//! latents ≤ 1e-4, frames ≤ 1e-3.
+
+#[path = "../../models/tests/common/mod.rs"]
+mod common;
+
+use ltx_models::config::read_config;
+use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig};
+use ltx_models::scheduler::FlowMatchConfig;
+use ltx_models::weights::WeightStore;
+use ltx_pipelines::ltx_condition::{
+    generate, Condition, ConditionModels, ConditionOutput, ConditionParams, PromptEmbeds,
+};
+use tch::{Device, Kind, Tensor};
+
+/// The runs draw from torch's global generator.
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Models {
+    transformer: LtxTransformer,
+    vae: LtxVae,
+    scheduler: FlowMatchConfig,
+}
+
+fn models() -> Models {
+    let dir = common::model_dir("0.9.5");
+    let store =
+        |c: &str| WeightStore::from_component_dir(&dir.join(c), Kind::Float, Device::Cpu).unwrap();
+    let tcfg: LtxTransformerConfig = read_config(&dir.join("transformer/config.json")).unwrap();
+    let vcfg: LtxVaeConfig = read_config(&dir.join("vae/config.json")).unwrap();
+    let (ts, vs) = (store("transformer"), store("vae"));
+    Models {
+        transformer: LtxTransformer::new(&ts.root(), tcfg).unwrap(),
+        vae: LtxVae::new(&vs.root(), vcfg).unwrap(),
+        scheduler: read_config(&dir.join("scheduler/scheduler_config.json")).unwrap(),
+    }
+}
+
+fn params(meta: &serde_json::Value, args: &serde_json::Value) -> ConditionParams {
+    let f = |k: &str, d: f64| args.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    let d = ConditionParams::default();
+    ConditionParams {
+        height: meta["height"].as_i64().unwrap(),
+        width: meta["width"].as_i64().unwrap(),
+        num_frames: args["num_frames"].as_i64().unwrap(),
+        steps: args
+            .get("num_inference_steps")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(50) as usize,
+        timesteps: args["timesteps"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap()).collect()),
+        guidance_scale: f("guidance_scale", d.guidance_scale),
+        guidance_rescale: f("guidance_rescale", d.guidance_rescale),
+        image_cond_noise_scale: f("image_cond_noise_scale", d.image_cond_noise_scale),
+        decode_timestep: f("decode_timestep", d.decode_timestep),
+        ..d
+    }
+}
+
+#[test]
+fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let r = common::refs("condition_pipeline.safetensors");
+    let meta = common::json("condition_pipeline.json");
+    let m = models();
+    let cm = ConditionModels {
+        transformer: &m.transformer,
+        vae: &m.vae,
+        scheduler: &m.scheduler,
+    };
+    let prompt = PromptEmbeds {
+        embeds: r["prompt_embeds"].shallow_clone(),
+        mask: r["prompt_mask"].shallow_clone(),
+    };
+    let negative = PromptEmbeds {
+        embeds: r["negative_embeds"].shallow_clone(),
+        mask: r["negative_mask"].shallow_clone(),
+    };
+    let conditions_of = |list: &serde_json::Value| -> Vec<Condition> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| Condition {
+                video: r[&format!("pixels_{}", c["pixels"].as_str().unwrap())].shallow_clone(),
+                frame_index: c["frame_index"].as_i64().unwrap(),
+                strength: c["strength"].as_f64().unwrap(),
+            })
+            .collect()
+    };
+    let check_after = |name: &str| {
+        let after = Tensor::randn([4], (Kind::Float, Device::Cpu));
+        assert!(
+            after.equal(&r[&format!("{name}_after")]),
+            "{name}: the generator's state differs"
+        );
+    };
+    let cases = meta["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let p = params(&meta, &c["args"]);
+        let frames = c["output"] == "np";
+        let output = if frames {
+            ConditionOutput::Frames
+        } else {
+            ConditionOutput::Latents
+        };
+        tch::manual_seed(c["seed"].as_i64().unwrap());
+        let mut steps = 0;
+        let got = tch::no_grad(|| {
+            generate(
+                &cm,
+                &prompt,
+                Some(&negative),
+                &conditions_of(&c["conditions"]),
+                None,
+                &p,
+                output,
+                &mut |_, _| {
+                    steps += 1;
+                    Ok(())
+                },
+            )
+        })
+        .unwrap();
+        let want = &r[&format!("{name}_out")];
+        let err = common::max_abs_diff(&got, want);
+        let tol = if frames { 1e-3 } else { 1e-4 };
+        eprintln!("{name}: {steps} steps, max abs error {err:.2e}");
+        assert!(err <= tol, "{name}: max abs error {err}");
+        check_after(name);
+    }
+
+    // The refine pass from the first case's latents.
+    let rf = &meta["refine"];
+    let p = ConditionParams {
+        height: meta["height"].as_i64().unwrap(),
+        width: meta["width"].as_i64().unwrap(),
+        num_frames: rf["num_frames"].as_i64().unwrap(),
+        steps: rf["steps"].as_u64().unwrap() as usize,
+        denoise_strength: rf["denoise_strength"].as_f64().unwrap(),
+        image_cond_noise_scale: rf["image_cond_noise_scale"].as_f64().unwrap(),
+        ..ConditionParams::default()
+    };
+    let conds = vec![Condition {
+        video: r["pixels_img0"].shallow_clone(),
+        frame_index: 0,
+        strength: 1.0,
+    }];
+    tch::manual_seed(rf["seed"].as_i64().unwrap());
+    let mut steps = 0;
+    let got = tch::no_grad(|| {
+        generate(
+            &cm,
+            &prompt,
+            Some(&negative),
+            &conds,
+            Some(&r["image0_cfg_latent_out"]),
+            &p,
+            ConditionOutput::Latents,
+            &mut |_, _| {
+                steps += 1;
+                Ok(())
+            },
+        )
+    })
+    .unwrap();
+    assert_eq!(steps, 4, "int(10 × 0.4) steps");
+    let err = common::max_abs_diff(&got, &r["refine_out"]);
+    eprintln!("refine: max abs error {err:.2e}");
+    assert!(err <= 1e-4, "refine: {err}");
+    check_after("refine");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let m = models();
+    let cm = ConditionModels {
+        transformer: &m.transformer,
+        vae: &m.vae,
+        scheduler: &m.scheduler,
+    };
+    let prompt = PromptEmbeds {
+        embeds: Tensor::zeros([1, 4, 32], (Kind::Float, Device::Cpu)),
+        mask: Tensor::ones([1, 4], (Kind::Float, Device::Cpu)),
+    };
+    let p = ConditionParams {
+        height: 64,
+        width: 96,
+        num_frames: 9,
+        steps: 1,
+        ..ConditionParams::default()
+    };
+    let run = |conds: &[Condition], p: &ConditionParams, neg: bool| {
+        generate(
+            &cm,
+            &prompt,
+            neg.then_some(&prompt),
+            conds,
+            None,
+            p,
+            ConditionOutput::Latents,
+            &mut |_, _| Ok(()),
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
+    assert!(run(&[], &p, false).contains("needs the negative prompt"));
+    let wrong = Condition {
+        video: Tensor::zeros([1, 3, 1, 32, 32], (Kind::Float, Device::Cpu)),
+        frame_index: 0,
+        strength: 1.0,
+    };
+    assert!(run(&[wrong], &p, true).contains("must be [1, 3, F, 64, 96]"));
+    let late = Condition {
+        video: Tensor::zeros([1, 3, 1, 64, 96], (Kind::Float, Device::Cpu)),
+        frame_index: 9,
+        strength: 1.0,
+    };
+    assert!(run(&[late], &p, true).contains("frame_index 9 must be in [0, 9)"));
+    let odd = ConditionParams {
+        width: 100,
+        ..p.clone()
+    };
+    assert!(run(&[], &odd, true).contains("multiples of 32"));
+}
