@@ -7,6 +7,7 @@ pub mod latent_upsample;
 pub mod ltx_condition;
 pub mod ltx_i2v;
 pub mod memory;
+pub mod multiscale;
 pub mod tiled_decode;
 pub mod video;
 

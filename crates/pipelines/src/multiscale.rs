@@ -1,0 +1,243 @@
+//! The LTX-Video 0.9.7/0.9.8 multi-scale flow the replaced service runs behind `POST /i2v`
+//! (`../shared/specs/replaced-service.md`, "What it ran"; diffusers' docs flow): a
+//! low-resolution `LTXConditionPipeline` pass to latents, a 2× latent upsample, a short refine
+//! pass at twice the pass-1 size from those latents, then every frame Lanczos-resized to the
+//! requested size. One seeded generator (torch's global one) across all of it.
+
+use ltx_models::ltx::LtxLatentUpsampler;
+use ltx_models::{ModelError, Result};
+use tch::{Kind, Tensor};
+
+use crate::image::RgbImage;
+use crate::latent_upsample::{upsample_latents, UpsampleParams};
+use crate::ltx_condition::{
+    generate, Condition, ConditionModels, ConditionOutput, ConditionParams, PromptEmbeds,
+};
+
+/// The flow's settings; defaults are the replaced service's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultiscaleParams {
+    /// The output size; any size (only the pass sizes are multiples of 32).
+    pub width: i64,
+    pub height: i64,
+    /// Requested frames; the video has `8·((n − 1)/8) + 1` (96 → 89).
+    pub num_frames: i64,
+    pub downscale_factor: f64,
+    pub steps_lowres: usize,
+    pub steps_refine: usize,
+    /// The refine pass runs `int(steps_refine · denoise_strength)` steps.
+    pub denoise_strength: f64,
+    pub decode_timestep: f64,
+    /// The refine pass's image-condition noise (pass 1 keeps diffusers' 0.15).
+    pub image_cond_noise_scale: f64,
+    pub guidance_scale: f64,
+    /// The model's frame-rate conditioning (diffusers' default 25), not the file's fps.
+    pub frame_rate: f64,
+}
+
+impl Default for MultiscaleParams {
+    fn default() -> Self {
+        Self {
+            width: 704,
+            height: 480,
+            num_frames: 96,
+            downscale_factor: 2.0 / 3.0,
+            steps_lowres: 40,
+            steps_refine: 15,
+            denoise_strength: 0.4,
+            decode_timestep: 0.05,
+            image_cond_noise_scale: 0.025,
+            guidance_scale: 3.0,
+            frame_rate: 25.0,
+        }
+    }
+}
+
+/// Where the flow is, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MultiscaleStage {
+    LowRes { step: usize, total: usize },
+    Upsampling,
+    Refine { step: usize, total: usize },
+    Resizing,
+}
+
+impl MultiscaleParams {
+    /// `(width, height)` of pass 1 (`int(size · factor)` floored to 32) and pass 2 (twice it).
+    pub fn pass_sizes(&self) -> Result<((i64, i64), (i64, i64))> {
+        let floor32 = |v: i64| v - v.rem_euclid(32);
+        let w = floor32((self.width as f64 * self.downscale_factor) as i64);
+        let h = floor32((self.height as f64 * self.downscale_factor) as i64);
+        if w < 32 || h < 32 {
+            return Err(ModelError::InvalidInput(format!(
+                "{}x{} with downscale_factor {} gives a {w}x{h} first pass; it needs at least 32x32",
+                self.width, self.height, self.downscale_factor
+            )));
+        }
+        Ok(((w, h), (2 * w, 2 * h)))
+    }
+
+    /// Frames the video will have (diffusers decodes `(n − 1)/8 + 1` latent frames).
+    pub fn output_frames(&self) -> i64 {
+        (self.num_frames - 1) / 8 * 8 + 1
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::InvalidInput(m));
+        if self.width < 1 || self.height < 1 {
+            return bad(format!(
+                "width and height must be positive, got {}x{}",
+                self.width, self.height
+            ));
+        }
+        if !(self.downscale_factor > 0.0 && self.downscale_factor <= 1.0) {
+            return bad(format!(
+                "downscale_factor must be in (0, 1], got {}",
+                self.downscale_factor
+            ));
+        }
+        if self.steps_lowres < 1 || self.steps_refine < 1 {
+            return bad("steps_lowres and steps_refine must be at least 1".into());
+        }
+        if (self.steps_refine as f64 * self.denoise_strength) < 1.0 {
+            return bad(format!(
+                "steps_refine {} × denoise_strength {} leaves no refine step",
+                self.steps_refine, self.denoise_strength
+            ));
+        }
+        self.pass_sizes().map(|_| ())
+    }
+}
+
+/// The condition image as `[1, 3, 1, H, W]` in [-1, 1] at `(w, h)`: Pillow's Lanczos stretch
+/// (no crop), `x/255·2 − 1`, as diffusers' `VideoProcessor.preprocess_video`.
+fn condition_pixels(
+    image: &RgbImage,
+    w: i64,
+    h: i64,
+    kind: Kind,
+    dev: tch::Device,
+) -> Result<Tensor> {
+    let img = image.resize_lanczos(w as usize, h as usize);
+    let t = Tensor::from_slice(&img.data)
+        .f_reshape([h, w, 3])?
+        .f_permute([2, 0, 1])?
+        .f_unsqueeze(0)?
+        .f_unsqueeze(2)?
+        .f_to_kind(Kind::Float)?;
+    Ok(((t / 255.0) * 2.0 - 1.0)
+        .f_to_device(dev)?
+        .f_to_kind(kind)?)
+}
+
+/// Runs the flow on a condition image (already through the H.264 round trip when that is
+/// wanted) and returns uint8 frames `[F, height, width, 3]`: the decoded frames rounded to
+/// uint8 (diffusers' `output_type="pil"`), then Lanczos-resized to the requested size.
+pub fn generate_multiscale(
+    m: &ConditionModels<'_>,
+    upsampler: &LtxLatentUpsampler,
+    prompt: &PromptEmbeds,
+    negative: Option<&PromptEmbeds>,
+    image: &RgbImage,
+    p: &MultiscaleParams,
+    progress: &mut dyn FnMut(MultiscaleStage) -> Result<()>,
+) -> Result<Tensor> {
+    p.validate()?;
+    let ((w1, h1), (w2, h2)) = p.pass_sizes()?;
+    let dev = prompt.embeds.device();
+    let kind = prompt.embeds.kind();
+    let pass = |w: i64, h: i64| ConditionParams {
+        width: w,
+        height: h,
+        num_frames: p.num_frames,
+        frame_rate: p.frame_rate,
+        guidance_scale: p.guidance_scale,
+        ..ConditionParams::default()
+    };
+    let cond = |w, h| -> Result<Vec<Condition>> {
+        Ok(vec![Condition {
+            video: condition_pixels(image, w, h, kind, dev)?,
+            frame_index: 0,
+            strength: 1.0,
+        }])
+    };
+    let low = ConditionParams {
+        steps: p.steps_lowres,
+        ..pass(w1, h1)
+    };
+    let latents = generate(
+        m,
+        prompt,
+        negative,
+        &cond(w1, h1)?,
+        None,
+        &low,
+        ConditionOutput::Latents,
+        &mut |step, total| progress(MultiscaleStage::LowRes { step, total }),
+    )?;
+    progress(MultiscaleStage::Upsampling)?;
+    let up = upsample_latents(upsampler, m.vae, &latents, &UpsampleParams::default())?;
+    let refine = ConditionParams {
+        steps: p.steps_refine,
+        denoise_strength: p.denoise_strength,
+        decode_timestep: p.decode_timestep,
+        image_cond_noise_scale: p.image_cond_noise_scale,
+        ..pass(w2, h2)
+    };
+    let frames = generate(
+        m,
+        prompt,
+        negative,
+        &cond(w2, h2)?,
+        Some(&up),
+        &refine,
+        ConditionOutput::Frames,
+        &mut |step, total| progress(MultiscaleStage::Refine { step, total }),
+    )?;
+    progress(MultiscaleStage::Resizing)?;
+    // (x·255).round() to uint8 (numpy rounds half to even, as torch does), then Lanczos.
+    let bytes = (frames * 255.0)
+        .f_round()?
+        .f_to_kind(Kind::Uint8)?
+        .f_to_device(tch::Device::Cpu)?;
+    let n = bytes.size()[0];
+    let (ow, oh) = (p.width as usize, p.height as usize);
+    let mut out = Vec::with_capacity(n as usize * ow * oh * 3);
+    for i in 0..n {
+        let data = Vec::<u8>::try_from(bytes.get(i).f_flatten(0, -1)?)?;
+        let frame = RgbImage {
+            width: w2 as usize,
+            height: h2 as usize,
+            data,
+        };
+        out.extend_from_slice(&frame.resize_lanczos(ow, oh).data);
+    }
+    Ok(Tensor::from_slice(&out).f_reshape([n, p.height, p.width, 3])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_sizes_follow_the_service() {
+        let p = MultiscaleParams {
+            width: 704,
+            height: 396,
+            ..Default::default()
+        };
+        // int(704·2/3) = 469 → 448; int(396·2/3) = 264 → 256.
+        assert_eq!(p.pass_sizes().unwrap(), ((448, 256), (896, 512)));
+        assert_eq!(p.output_frames(), 89);
+        let tiny = MultiscaleParams {
+            width: 40,
+            height: 40,
+            ..Default::default()
+        };
+        assert!(tiny
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 32x32"));
+    }
+}
