@@ -86,6 +86,12 @@ impl T5Tokenizer {
         self.max_length
     }
 
+    /// The same tokenizer padding and truncating to `max_length` tokens instead (the
+    /// condition pipeline uses 256 where image-to-video uses 128).
+    pub fn with_max_length(&self, max_length: usize) -> Result<Self> {
+        Self::with_limits(self.inner.clone(), max_length, Path::new("(tokenizer)"))
+    }
+
     /// Tokenizes like the LTX pipeline: `padding="max_length"`, `truncation=True`,
     /// `add_special_tokens=True`.
     pub fn encode(&self, prompts: &[&str]) -> Result<Tokens> {

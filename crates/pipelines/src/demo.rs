@@ -61,16 +61,24 @@ fn vae() -> LtxVaeConfig {
 }
 
 /// The 0.9.1 scheduler settings.
+/// LTX-Video 0.9.7/0.9.8's scheduler (every default: no dynamic shift, which the condition
+/// pipeline of the multi-scale flow refuses), so the demo runs both flows.
 fn scheduler() -> FlowMatchConfig {
-    FlowMatchConfig {
-        use_dynamic_shifting: true,
-        base_shift: 0.95,
-        max_shift: 2.05,
-        base_image_seq_len: 1024,
-        max_image_seq_len: 4096,
-        shift_terminal: Some(0.1),
-        ..FlowMatchConfig::default()
-    }
+    FlowMatchConfig::default()
+}
+
+/// A tiny latent upsampler for the demo model's 16 latent channels (random weights), so the
+/// multi-scale flow and `POST /i2v` run without a download.
+pub fn demo_upsampler(opts: LoadOptions) -> Result<ltx_models::ltx::LtxLatentUpsampler> {
+    ltx_gpu::manual_seed(DEMO_SEED + 1);
+    let store = WeightStore::random(opts.dtype, opts.device);
+    let cfg = ltx_models::ltx::LtxUpsamplerConfig {
+        in_channels: vae().latent_channels,
+        mid_channels: 32,
+        num_blocks_per_stage: 1,
+        ..Default::default()
+    };
+    tch::no_grad(|| ltx_models::ltx::LtxLatentUpsampler::new(&store.root(), cfg))
 }
 
 /// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).

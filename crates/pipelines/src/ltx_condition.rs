@@ -12,6 +12,8 @@ use ltx_models::scheduler::{ConditionSchedule, FlowMatchConfig};
 use ltx_models::{ModelError, Result};
 use tch::{Device, Kind, Tensor};
 
+use crate::memory::Component;
+
 /// Latent frames at the head of a video condition placed after frame 0 that become extra
 /// tokens; the rest are blended into the latents (diffusers' `num_prefix_latent_frames`).
 const PREFIX_LATENT_FRAMES: i64 = 2;
@@ -21,6 +23,15 @@ pub struct ConditionModels<'a> {
     pub transformer: &'a LtxTransformer,
     pub vae: &'a LtxVae,
     pub scheduler: &'a FlowMatchConfig,
+    /// Called before a component is used (model offload moves it to the device); None when
+    /// the weights stay where they are.
+    pub enter: Option<&'a dyn Fn(Component) -> Result<()>>,
+}
+
+impl ConditionModels<'_> {
+    fn enter(&self, c: Component) -> Result<()> {
+        self.enter.map_or(Ok(()), |f| f(c))
+    }
 }
 
 /// One condition: pixels `[1, 3, F, H, W]` in [-1, 1] at the run's size (an image is F = 1),
@@ -266,17 +277,20 @@ pub fn generate(
         }
         _ => noise,
     };
-    let mean = vae
-        .latents_mean
-        .f_view([1, -1, 1, 1, 1])?
-        .f_to_kind(Kind::Float)?;
-    let std = vae
-        .latents_std
-        .f_view([1, -1, 1, 1, 1])?
-        .f_to_kind(Kind::Float)?;
+    // Own copies on the run's device: the VAE's tensors may be host copies (offloaded) now.
+    let stat = |t: &Tensor| -> Result<Tensor> {
+        Ok(t.f_view([1, -1, 1, 1, 1])?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(dev)?
+            .f_detach_copy()?)
+    };
+    let (mean, std) = (stat(&vae.latents_mean)?, stat(&vae.latents_std)?);
     let conditioned = !conditions.is_empty();
     let frame_mask = Tensor::f_zeros([1, f], (Kind::Float, dev))?;
     let (mut extra, mut extra_ids, mut extra_mask) = (Vec::new(), Vec::new(), Vec::new());
+    if !conditions.is_empty() {
+        m.enter(Component::Vae)?;
+    }
     for (c, data) in conditions.iter().zip(&tensors) {
         let post = vae.encode(data)?;
         let sample = &post.mean
@@ -352,6 +366,7 @@ pub fn generate(
     };
     let init = conditioned.then(|| lat.copy());
 
+    m.enter(Component::Transformer)?;
     let total = schedule.timesteps.len();
     let rows = if p.cfg() { 2 } else { 1 };
     for (i, &t) in schedule.timesteps.iter().enumerate() {
@@ -426,6 +441,7 @@ pub fn generate(
     if output == ConditionOutput::Latents {
         return Ok(z);
     }
+    m.enter(Component::Vae)?;
     let scaling = vae.config().scaling_factor;
     let mut z = (z * &std / scaling + &mean).f_to_kind(dtype)?;
     let temb = if vae.config().timestep_conditioning {

@@ -190,12 +190,12 @@ pub struct Components {
 }
 
 pub struct LtxI2vPipeline {
-    tokenizer: T5Tokenizer,
-    text_encoder: TextEncoder,
-    transformer: LtxTransformer,
-    vae: LtxVae,
-    scheduler: FlowMatchConfig,
-    opts: LoadOptions,
+    pub(crate) tokenizer: T5Tokenizer,
+    pub(crate) text_encoder: TextEncoder,
+    pub(crate) transformer: LtxTransformer,
+    pub(crate) vae: LtxVae,
+    pub(crate) scheduler: FlowMatchConfig,
+    pub(crate) opts: LoadOptions,
     source: ModelSource,
     weight_bytes: u64,
     /// Parameter handles until [`LtxI2vPipeline::place`] takes them.
@@ -500,9 +500,17 @@ impl LtxI2vPipeline {
     }
 
     /// Model offload: makes `c` the component on the device (no-op without a memory mode).
-    fn enter(&self, c: Component) -> Result<()> {
+    pub(crate) fn enter(&self, c: Component) -> Result<()> {
         match &self.memory {
             Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).enter(c),
+            None => Ok(()),
+        }
+    }
+
+    /// After a generation, whatever happened: no component stays on the device.
+    pub(crate) fn idle(&self) -> Result<()> {
+        match &self.memory {
+            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).idle(),
             None => Ok(()),
         }
     }
@@ -625,10 +633,7 @@ impl LtxI2vPipeline {
         };
         let out = tch::no_grad(|| self.run(image, p, &mut report, as_u8));
         // Whatever happened, no component stays on the device between generations.
-        let idle = match &self.memory {
-            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).idle(),
-            None => Ok(()),
-        };
+        let idle = self.idle();
         let out = out?;
         idle?;
         Ok(out)

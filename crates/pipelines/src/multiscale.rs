@@ -241,3 +241,99 @@ mod tests {
             .contains("at least 32x32"));
     }
 }
+
+/// The prompt embeddings as `LTXConditionPipeline` encodes them: 256 tokens, the attention
+/// mask passed to T5; the negative prompt only with CFG.
+fn condition_prompts(
+    pipe: &crate::LtxI2vPipeline,
+    prompt: &str,
+    negative: &str,
+    cfg: bool,
+) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+    let tokenizer = pipe.tokenizer.with_max_length(CONDITION_TOKENS)?;
+    let embed = |text: &str| -> Result<PromptEmbeds> {
+        let tokens = tokenizer.encode(&[text])?;
+        let dev = pipe.opts.device;
+        let ids = tokens.input_ids.f_to_device(dev)?;
+        let mask = tokens.attention_mask.f_to_device(dev)?;
+        let embeds = pipe
+            .text_encoder
+            .forward_masked(&ids, &mask)?
+            .f_to_kind(pipe.opts.dtype)?;
+        Ok(PromptEmbeds { embeds, mask })
+    };
+    let pos = embed(prompt)?;
+    let neg = if cfg { Some(embed(negative)?) } else { None };
+    Ok((pos, neg))
+}
+
+/// Prompt tokens of `LTXConditionPipeline` (`max_sequence_length` 256).
+pub const CONDITION_TOKENS: usize = 256;
+
+/// The prompt and seed of one multi-scale generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MultiscaleRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    /// Pass the condition image through a one-frame H.264 video first (the model was trained
+    /// on compressed video; `LTX_CONDITION_COMPRESSION`).
+    pub compress_condition: bool,
+    pub params: MultiscaleParams,
+}
+
+impl crate::LtxI2vPipeline {
+    /// The multi-scale flow on this pipeline's components with `upsampler` (0.9.5+ VAE
+    /// layout): the prompt encoded as the condition pipeline does, the image optionally through
+    /// the H.264 round trip, then [`generate_multiscale`]; components enter the device as the
+    /// memory mode places them. Returns uint8 frames `[F, height, width, 3]`.
+    pub fn generate_multiscale(
+        &self,
+        upsampler: &LtxLatentUpsampler,
+        image: &RgbImage,
+        r: &MultiscaleRequest,
+        progress: &mut dyn FnMut(MultiscaleStage),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
+        r.params.validate()?;
+        let mut report = |s: MultiscaleStage| -> Result<()> {
+            if cancelled() {
+                return Err(ModelError::Cancelled);
+            }
+            progress(s);
+            Ok(())
+        };
+        let out = tch::no_grad(|| -> Result<Tensor> {
+            let image = if r.compress_condition {
+                crate::video::h264_round_trip(image)
+                    .map_err(|e| ModelError::InvalidInput(format!("condition image: {e}")))?
+            } else {
+                image.clone()
+            };
+            self.enter(crate::memory::Component::TextEncoder)?;
+            let cfg = r.params.guidance_scale > 1.0;
+            let (prompt, negative) = condition_prompts(self, &r.prompt, &r.negative_prompt, cfg)?;
+            let enter = |c| self.enter(c);
+            let m = ConditionModels {
+                transformer: &self.transformer,
+                vae: &self.vae,
+                scheduler: &self.scheduler,
+                enter: Some(&enter),
+            };
+            ltx_gpu::manual_seed(r.seed as i64);
+            generate_multiscale(
+                &m,
+                upsampler,
+                &prompt,
+                negative.as_ref(),
+                &image,
+                &r.params,
+                &mut report,
+            )
+        });
+        let idle = self.idle();
+        let out = out?;
+        idle?;
+        Ok(out)
+    }
+}

@@ -537,6 +537,52 @@ fn to_avcc_sample(
     Ok(EncodedFrame { sample, is_idr })
 }
 
+/// The condition image through a one-frame H.264 video and back, as the diffusers docs do for
+/// LTX-Video 0.9.7+ (trained on compressed video): scaled up to multiples of 16 like imageio's
+/// writer (macroblocks), encoded as one IDR with our encoder at [`QP`], decoded with
+/// OpenH264. The pixels are close to, not equal to, the replaced service's libx264 crf-25
+/// round trip.
+pub fn h264_round_trip(
+    image: &crate::image::RgbImage,
+) -> Result<crate::image::RgbImage, VideoError> {
+    use openh264::decoder::{Decoder, DecoderConfig};
+    let (w, h) = (
+        image.width.div_ceil(16) * 16,
+        image.height.div_ceil(16) * 16,
+    );
+    if w == 0 || h == 0 {
+        return Err(VideoError::Encoder("an empty image".into()));
+    }
+    let img = image.resize_lanczos(w, h);
+    let mut stream = H264Stream::new(encoder_config(1.0, w, h))?;
+    let yuv = YUVBuffer::from_vec(rgb_to_i420(&img.data, w, h), w, h);
+    let bits = stream
+        .encoder
+        .encode(&yuv)
+        .map_err(|e| VideoError::Encoder(e.to_string()))?
+        .to_vec();
+    let err = |e: openh264::Error| VideoError::Encoder(format!("decoding the round trip: {e}"));
+    let mut dec =
+        Decoder::with_api_config(OpenH264API::from_source(), DecoderConfig::new()).map_err(err)?;
+    let mut rgb = vec![0u8; w * h * 3];
+    match dec.decode(&bits).map_err(err)? {
+        Some(pic) => pic.write_rgb8(&mut rgb),
+        None => match dec.flush_remaining().map_err(err)?.first() {
+            Some(pic) => pic.write_rgb8(&mut rgb),
+            None => {
+                return Err(VideoError::Encoder(
+                    "the round trip decoded no picture".into(),
+                ))
+            }
+        },
+    }
+    Ok(crate::image::RgbImage {
+        width: w,
+        height: h,
+        data: rgb,
+    })
+}
+
 fn encoder_config(fps: f64, width: usize, height: usize) -> EncoderConfig {
     let gop = (fps * KEYFRAME_INTERVAL_S).round().clamp(1.0, 1e6) as u32;
     // OpenH264 clamps its frame rate to 1..=60 anyway; it only informs the level and rate

@@ -73,6 +73,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
         transformer: &m.transformer,
         vae: &m.vae,
         scheduler: &m.scheduler,
+        enter: None,
     };
     let prompt = PromptEmbeds {
         embeds: r["prompt_embeds"].shallow_clone(),
@@ -186,6 +187,7 @@ fn bad_inputs_are_clear_errors() {
         transformer: &m.transformer,
         vae: &m.vae,
         scheduler: &m.scheduler,
+        enter: None,
     };
     let prompt = PromptEmbeds {
         embeds: Tensor::zeros([1, 4, 32], (Kind::Float, Device::Cpu)),

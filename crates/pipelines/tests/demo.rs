@@ -298,3 +298,71 @@ fn the_uint8_output_is_the_bytes_of_the_float_output() {
         );
     }
 }
+
+#[test]
+fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_resident() {
+    use ltx_pipelines::demo::demo_upsampler;
+    use ltx_pipelines::multiscale::{MultiscaleParams, MultiscaleRequest, MultiscaleStage};
+    use ltx_pipelines::{MemoryOptions, OffloadMode};
+    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
+    let opts = cpu_fp32();
+    let image = RgbImage {
+        width: 90,
+        height: 60,
+        data: (0..90 * 60 * 3).map(|i| (i * 13 % 255) as u8).collect(),
+    };
+    let r = MultiscaleRequest {
+        prompt: "a red ball".into(),
+        negative_prompt: "blurry".into(),
+        seed: 3,
+        compress_condition: true,
+        params: MultiscaleParams {
+            width: 100,
+            height: 70,
+            num_frames: 24,
+            steps_lowres: 2,
+            steps_refine: 5,
+            ..MultiscaleParams::default()
+        },
+    };
+    let upsampler = demo_upsampler(opts).unwrap();
+    let run = |pipe: &ltx_pipelines::LtxI2vPipeline| {
+        let mut stages = Vec::new();
+        let v = pipe
+            .generate_multiscale(&upsampler, &image, &r, &mut |s| stages.push(s), &|| false)
+            .unwrap();
+        (v, stages)
+    };
+    let resident = demo_pipeline(opts, 128).unwrap();
+    let (a, stages) = run(&resident);
+    // 24 requested frames: (24 − 1)/8 + 1 = 3 latent frames, decoded to 17; any output size.
+    assert_eq!(a.size(), [17, 70, 100, 3]);
+    assert_eq!(a.kind(), Kind::Uint8);
+    assert_eq!(
+        stages
+            .iter()
+            .filter(|s| matches!(s, MultiscaleStage::Refine { .. }))
+            .count(),
+        2
+    );
+    let (b, _) = run(&resident);
+    assert!(a.equal(&b), "same seed, different video");
+    let mut placed = demo_pipeline(opts, 128).unwrap();
+    placed
+        .place(
+            Device::Cpu,
+            MemoryOptions {
+                mode: OffloadMode::Model,
+                prefetch: 0,
+            },
+        )
+        .unwrap();
+    let (c, _) = run(&placed);
+    assert!(a.equal(&c), "model offload changed the video");
+    // Cancelling stops the flow with the cancellation, not a video.
+    let e = resident
+        .generate_multiscale(&upsampler, &image, &r, &mut |_| {}, &|| true)
+        .err()
+        .unwrap();
+    assert!(matches!(e, ltx_models::ModelError::Cancelled), "{e}");
+}

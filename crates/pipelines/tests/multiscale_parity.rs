@@ -43,6 +43,7 @@ fn the_multiscale_flow_equals_diffusers() {
         transformer: &transformer,
         vae: &vae,
         scheduler: &scheduler,
+        enter: None,
     };
     let prompt = PromptEmbeds {
         embeds: r["prompt_embeds"].shallow_clone(),
