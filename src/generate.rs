@@ -21,8 +21,44 @@ pub enum Dtype {
     Fp16,
 }
 
+/// Which flow `generate` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PipelineKind {
+    /// LTXImageToVideoPipeline: the image as frame 0 (0.9.0–0.9.5 models).
+    I2v,
+    /// The 0.9.7/0.9.8 multi-scale flow: a low-resolution LTXConditionPipeline pass, the 2×
+    /// latent upsampler (--upsampler), a refine pass, a resize to --width x --height.
+    Multiscale,
+}
+
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
+    /// i2v or multiscale (default: multiscale when --upsampler is given, else i2v).
+    #[arg(long, value_enum)]
+    pipeline: Option<PipelineKind>,
+    /// The latent upsampler for the multi-scale flow: a diffusers folder (or the upscaler
+    /// repo with latent_upsampler/), an original .safetensors file, or `demo` (tiny, random).
+    #[arg(long, env = "LTX_UPSAMPLER")]
+    upsampler: Option<String>,
+    /// Multi-scale: the first pass runs at int(size × this), floored to multiples of 32.
+    #[arg(long, default_value_t = 2.0 / 3.0)]
+    downscale_factor: f64,
+    /// Multi-scale: the refine pass's step count (it runs int(this × --denoise-strength)).
+    #[arg(long, default_value_t = 15)]
+    steps_refine: usize,
+    /// Multi-scale: how much of the refine schedule runs, in [0, 1].
+    #[arg(long, default_value_t = 0.4)]
+    denoise_strength: f64,
+    /// Multi-scale: the refine pass's noise on the condition frame (the first pass keeps 0.15).
+    #[arg(long, default_value_t = 0.025)]
+    image_cond_noise_scale: f64,
+    /// Multi-scale: pass the image through a one-frame H.264 video first, as the model was
+    /// trained on compressed video.
+    #[arg(long, env = "LTX_CONDITION_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    condition_compression: bool,
+    /// The model's frame-rate conditioning (default: 25 for multi-scale, --fps for i2v).
+    #[arg(long)]
+    frame_rate: Option<f64>,
     /// A diffusers-format LTX-Video folder (with model_index.json), or `demo` for the built-in
     /// tiny model with random weights (its output is noise).
     #[arg(long, env = "LTX_MODEL")]
@@ -38,15 +74,17 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    /// Multiple of 32.
+    /// Multiple of 32 (i2v); any size (multiscale).
     #[arg(long, default_value_t = 512)]
     height: i64,
-    /// Multiple of 32.
+    /// Multiple of 32 (i2v); any size (multiscale).
     #[arg(long, default_value_t = 704)]
     width: i64,
-    /// 8k+1 frames (9, 17, …, 161).
+    /// 8k+1 frames for i2v (9, 17, …, 161); multiscale takes any count and makes
+    /// 8·((n − 1)/8) + 1 (96 → 89), as diffusers does.
     #[arg(long, default_value_t = 161)]
     frames: i64,
+    /// Denoising steps (multiscale: of the low-resolution pass).
     #[arg(long, default_value_t = 50)]
     steps: usize,
     /// Classifier-free guidance scale (> 1 enables CFG).
@@ -58,7 +96,7 @@ pub struct GenerateArgs {
     /// Random seed; a random one is chosen (and printed) when absent.
     #[arg(long)]
     seed: Option<u64>,
-    /// Frame rate of the output video, also the model's frame-rate conditioning.
+    /// Frame rate of the output video (i2v: also the model's conditioning unless --frame-rate).
     #[arg(long, default_value_t = 25.0)]
     fps: f64,
     /// Decoder timestep for 0.9.1+ VAEs (docs recommend 0.05).
@@ -141,32 +179,9 @@ fn check_output(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            % (1 << 53)
-    });
-    let params = I2vParams {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        height: args.height,
-        width: args.width,
-        num_frames: args.frames,
-        steps: args.steps,
-        guidance_scale: args.guidance,
-        guidance_rescale: args.guidance_rescale,
-        seed,
-        decoder_noise_seed: seed,
-        frame_rate: args.fps,
-        decode_timestep: args.decode_timestep,
-        decode_noise_scale: args.decode_noise_scale,
-        max_sequence_length: 128,
-    };
-    params.validate()?;
-    let image = read_image(&args.image)?;
-    check_output(&args.output)?;
+/// Checks the model arguments, sets the attention backend, resolves the device and loads the
+/// pipeline placed in the memory mode the flags ask for.
+fn load_pipeline(args: &GenerateArgs, max_len: usize) -> anyhow::Result<LtxI2vPipeline> {
     let model_dir = (args.model != "demo").then(|| PathBuf::from(&args.model));
     if let Some(dir) = &model_dir {
         if !dir.join("model_index.json").is_file() {
@@ -223,7 +238,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         mode: OffloadMode::from_switches(args.cpu_offload, args.sequential_cpu_offload),
         prefetch: args.offload_prefetch,
     };
-    let start = Instant::now();
     let placement = if tch_device.is_cuda() {
         format!("offload {}", mem.mode)
     } else {
@@ -233,7 +247,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         "loading {} on {tch_device:?} ({dtype:?}, {placement})",
         args.model
     );
-    let max_len = params.max_sequence_length;
     let pipe = LtxI2vPipeline::load_placed(tch_device, dtype, mem, |opts| {
         match (&model_dir, &args.checkpoint) {
             (Some(dir), Some(file)) => {
@@ -248,22 +261,61 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if pipe.source() == &ModelSource::Demo {
         eprintln!("note: the demo model has random weights: the video will be noise");
     }
+    Ok(pipe)
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            % (1 << 53)
+    });
+    let kind = args.pipeline.unwrap_or(if args.upsampler.is_some() {
+        PipelineKind::Multiscale
+    } else {
+        PipelineKind::I2v
+    });
+    if kind == PipelineKind::Multiscale {
+        return run_multiscale(args, seed);
+    }
+    if args.upsampler.is_some() {
+        bail!("--upsampler is for --pipeline multiscale");
+    }
+    let params = I2vParams {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        height: args.height,
+        width: args.width,
+        num_frames: args.frames,
+        steps: args.steps,
+        guidance_scale: args.guidance,
+        guidance_rescale: args.guidance_rescale,
+        seed,
+        decoder_noise_seed: seed,
+        frame_rate: args.frame_rate.unwrap_or(args.fps),
+        decode_timestep: args.decode_timestep,
+        decode_noise_scale: args.decode_noise_scale,
+        max_sequence_length: 128,
+    };
+    params.validate()?;
+    let image = read_image(&args.image)?;
+    check_output(&args.output)?;
+    let start = Instant::now();
+    let pipe = load_pipeline(&args, params.max_sequence_length)?;
     let loaded = start.elapsed();
 
     let tty = std::io::stderr().is_terminal();
     let mut report = |p: Progress| {
-        let line = match p {
-            Progress::EncodingText => "encoding the prompt".to_string(),
-            Progress::EncodingImage => "encoding the image".to_string(),
-            Progress::Denoising { step, total } => format!("denoising step {step}/{total}"),
-            Progress::Decoding => "decoding the video".to_string(),
-        };
-        if tty {
-            eprint!("\r\x1b[2K{line}");
-            let _ = std::io::stderr().flush();
-        } else {
-            eprintln!("{line}");
-        }
+        status_line(
+            tty,
+            &match p {
+                Progress::EncodingText => "encoding the prompt".to_string(),
+                Progress::EncodingImage => "encoding the image".to_string(),
+                Progress::Denoising { step, total } => format!("denoising step {step}/{total}"),
+                Progress::Decoding => "decoding the video".to_string(),
+            },
+        )
     };
     let frames = pipe
         .generate_u8(&image, &params, &mut report, &|| false)?
@@ -271,9 +323,31 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
-    let info = write_mp4(&frames, args.fps, &args.output)?;
+    write_outputs(&args, &frames, args.fps, seed, &pipe, start, loaded)
+}
+
+/// One updating line on a terminal, one line each otherwise.
+fn status_line(tty: bool, line: &str) {
+    if tty {
+        eprint!("\r\x1b[2K{line}");
+        let _ = std::io::stderr().flush();
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+fn write_outputs(
+    args: &GenerateArgs,
+    frames: &tch::Tensor,
+    fps: f64,
+    seed: u64,
+    pipe: &LtxI2vPipeline,
+    start: Instant,
+    loaded: std::time::Duration,
+) -> anyhow::Result<()> {
+    let info = write_mp4(frames, fps, &args.output)?;
     if let Some(dir) = &args.frames_dir {
-        let written = write_pngs(&frames, dir)?;
+        let written = write_pngs(frames, dir)?;
         eprintln!("wrote {} PNG frames to {}", written.len(), dir.display());
     }
     println!(
@@ -289,4 +363,86 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         pipe.source(),
     );
     Ok(())
+}
+
+/// `--pipeline multiscale`: the 0.9.7/0.9.8 flow with the upsampler.
+fn run_multiscale(args: GenerateArgs, seed: u64) -> anyhow::Result<()> {
+    use ltx_pipelines::multiscale::{MultiscaleParams, MultiscaleRequest, MultiscaleStage};
+    let params = MultiscaleParams {
+        width: args.width,
+        height: args.height,
+        num_frames: args.frames,
+        downscale_factor: args.downscale_factor,
+        steps_lowres: args.steps,
+        steps_refine: args.steps_refine,
+        denoise_strength: args.denoise_strength,
+        decode_timestep: args.decode_timestep,
+        image_cond_noise_scale: args.image_cond_noise_scale,
+        guidance_scale: args.guidance,
+        frame_rate: args.frame_rate.unwrap_or(25.0),
+    };
+    params.validate()?;
+    let upsampler = match args.upsampler.as_deref() {
+        Some("demo") => None,
+        Some(path) => {
+            let p = PathBuf::from(path);
+            if !p.exists() {
+                bail!("upsampler {} does not exist", p.display());
+            }
+            Some(p)
+        }
+        None if args.model == "demo" => None,
+        None => bail!("--pipeline multiscale needs --upsampler (a folder or .safetensors file)"),
+    };
+    if args.checkpoint.is_some() {
+        bail!("--checkpoint is for --pipeline i2v");
+    }
+    let image = read_image(&args.image)?;
+    check_output(&args.output)?;
+    if params.output_frames() != params.num_frames {
+        eprintln!(
+            "note: {} frames requested; the model makes 8k+1, so the video has {} (as diffusers)",
+            params.num_frames,
+            params.output_frames()
+        );
+    }
+    let start = Instant::now();
+    let pipe = load_pipeline(&args, ltx_pipelines::multiscale::CONDITION_TOKENS)?;
+    let opts = ltx_pipelines::LoadOptions {
+        device: pipe.device(),
+        dtype: pipe.dtype(),
+    };
+    let upsampler = match &upsampler {
+        Some(path) => ltx_models::ltx::upsampler::open_upsampler(path, opts.dtype, opts.device)?.0,
+        None => ltx_pipelines::demo::demo_upsampler(opts)?,
+    };
+    let loaded = start.elapsed();
+    let request = MultiscaleRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        seed,
+        compress_condition: args.condition_compression,
+        params,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut report = |s: MultiscaleStage| {
+        status_line(
+            tty,
+            &match s {
+                MultiscaleStage::LowRes { step, total } => {
+                    format!("low-resolution pass, step {step}/{total}")
+                }
+                MultiscaleStage::Upsampling => "upsampling the latents".to_string(),
+                MultiscaleStage::Refine { step, total } => {
+                    format!("refine pass, step {step}/{total}")
+                }
+                MultiscaleStage::Resizing => "resizing the frames".to_string(),
+            },
+        )
+    };
+    let frames = pipe.generate_multiscale(&upsampler, &image, &request, &mut report, &|| false)?;
+    if tty {
+        eprintln!();
+    }
+    write_outputs(&args, &frames, args.fps, seed, &pipe, start, loaded)
 }

@@ -168,3 +168,110 @@ fn bad_input_is_refused_before_any_model_loads() {
     }
     assert!(!mp4.exists());
 }
+
+#[test]
+fn the_demo_runs_the_multiscale_flow_to_the_requested_size_with_diffusers_frame_count() {
+    let dir = TempDir::new("multiscale");
+    let image = input_png(&dir.0);
+    let mp4 = dir.0.join("ms.mp4");
+    let frames = dir.0.join("frames");
+    let out = generate(&[
+        "--model",
+        "demo",
+        "--pipeline",
+        "multiscale",
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "a red ball bounces",
+        // Not multiples of 32: only the passes are floored; the frames are resized to this.
+        "--width",
+        "100",
+        "--height",
+        "70",
+        "--frames",
+        "24",
+        "--steps",
+        "2",
+        "--steps-refine",
+        "5",
+        "--fps",
+        "30",
+        "--seed",
+        "4",
+        "-o",
+        mp4.to_str().unwrap(),
+        "--frames-dir",
+        frames.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "generate failed: {stderr}");
+    assert!(
+        stderr.contains("24 frames requested") && stderr.contains("has 17"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refine pass, step 2/2"), "{stderr}");
+    let s = ffprobe(&mp4);
+    assert_eq!(s["codec_name"], "h264");
+    assert_eq!(
+        (s["width"].as_i64(), s["height"].as_i64()),
+        (Some(100), Some(70))
+    );
+    assert_eq!(s["nb_read_frames"], "17");
+    assert_eq!(std::fs::read_dir(&frames).unwrap().count(), 17);
+}
+
+#[test]
+fn multiscale_arguments_are_checked_before_any_model_loads() {
+    let dir = TempDir::new("multiscale-bad");
+    let image = input_png(&dir.0);
+    let out_path = dir.0.join("o.mp4");
+    let base = [
+        "--model",
+        "demo",
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "-o",
+        out_path.to_str().unwrap(),
+    ];
+    for (extra, want) in [
+        (
+            &[
+                "--pipeline",
+                "multiscale",
+                "--width",
+                "40",
+                "--height",
+                "40",
+            ][..],
+            "at least 32x32",
+        ),
+        (
+            &["--pipeline", "multiscale", "--denoise-strength", "0.01"][..],
+            "leaves no refine step",
+        ),
+        (
+            &["--pipeline", "multiscale", "--downscale-factor", "1.5"][..],
+            "downscale_factor must be in (0, 1]",
+        ),
+        (
+            &["--pipeline", "multiscale", "--upsampler", "/nonexistent"][..],
+            "upsampler /nonexistent does not exist",
+        ),
+        (
+            &["--pipeline", "i2v", "--upsampler", "demo"][..],
+            "--upsampler is for --pipeline multiscale",
+        ),
+    ] {
+        let out = generate(&[&base[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+        assert!(
+            !stderr.contains("loading"),
+            "{extra:?} loaded a model first: {stderr}"
+        );
+    }
+}

@@ -524,6 +524,11 @@ impl LtxI2vPipeline {
         self.weight_bytes
     }
 
+    /// The dtype of its weights and activations.
+    pub fn dtype(&self) -> Kind {
+        self.opts.dtype
+    }
+
     pub fn device(&self) -> tch::Device {
         self.opts.device
     }

@@ -90,10 +90,25 @@ impl MultiscaleParams {
                 self.width, self.height
             ));
         }
-        if !(self.downscale_factor > 0.0 && self.downscale_factor <= 1.0) {
+        if self.downscale_factor.is_nan()
+            || self.downscale_factor <= 0.0
+            || self.downscale_factor > 1.0
+        {
             return bad(format!(
                 "downscale_factor must be in (0, 1], got {}",
                 self.downscale_factor
+            ));
+        }
+        if self.frame_rate.is_nan() || self.frame_rate <= 0.0 {
+            return bad(format!(
+                "frame_rate must be positive, got {}",
+                self.frame_rate
+            ));
+        }
+        if self.num_frames < 1 {
+            return bad(format!(
+                "num_frames must be at least 1, got {}",
+                self.num_frames
             ));
         }
         if self.steps_lowres < 1 || self.steps_refine < 1 {
