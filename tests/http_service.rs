@@ -23,6 +23,9 @@ fn png() -> Vec<u8> {
 
 const BOUNDARY: &str = "ltx-test-boundary-7d3f";
 
+/// A multipart part: (name, filename, bytes).
+type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
 /// A multipart/form-data body: `(name, filename, bytes)` parts.
 fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
     let mut b = Vec::new();
@@ -427,4 +430,150 @@ fn settings_that_cannot_work_are_refused_at_start() {
         err.contains("LTX_VRAM_BUDGET") && err.contains("12GiB"),
         "{err}"
     );
+}
+
+/// `POST /i2v` as the replaced service's clients send it: the multipart fields, the MP4 back.
+#[test]
+fn the_replaced_services_i2v_route_answers_an_mp4_with_diffusers_frame_count() {
+    let server = start("service-i2v", &[]);
+    let a = &server.addr;
+    let image = png();
+    let body = form(&[
+        ("image", Some("first.png"), &image),
+        ("prompt", None, b"a red ball bounces"),
+        ("expected_width", None, b"100"),
+        ("expected_height", None, b"70"),
+        ("num_frames", None, b"24"),
+        ("steps_lowres", None, b"2"),
+        ("steps_refine", None, b"5"),
+        ("seed", None, b"7"),
+    ]);
+    let r = request(a, "POST", "/i2v", Some(&multipart_ctype()), &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type").as_deref(), Some("video/mp4"));
+    let mp4 = server.dir.join("i2v-response.mp4");
+    std::fs::write(&mp4, &r.body).unwrap();
+    let s = ffprobe(&mp4);
+    assert_eq!(s["codec_name"], "h264");
+    assert_eq!(
+        (s["width"].as_i64(), s["height"].as_i64()),
+        (Some(100), Some(70))
+    );
+    assert_eq!(
+        s["nb_read_frames"], "17",
+        "24 requested frames give 17, as diffusers"
+    );
+    // The job behind it: in the job system, with the warning about the frame count.
+    let disposition = r.header("content-disposition").unwrap();
+    let id = disposition
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(".mp4")
+        .to_string();
+    let job = request(a, "GET", &format!("/v1/jobs/{id}"), None, b"").json();
+    assert_eq!(job["state"], "done");
+    assert_eq!(job["seed"], 7);
+    assert_eq!(
+        job["total_steps"], 4,
+        "2 low-resolution + int(5 × 0.4) refine steps"
+    );
+    assert!(job["timings"]["upsampling"].is_number(), "{job}");
+    let warnings = job["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("has 17")),
+        "{job}"
+    );
+
+    // Without expected_* the size comes from the image (96x64 → 704 wide, int(704/1.5) = 469
+    // → 448 high): checked through the validation error of a too-large max pixel count.
+    let small = start("service-i2v-limits", &["--max-pixels", "100000"]);
+    let body = form(&[("image", Some("first.png"), &image), ("prompt", None, b"x")]);
+    let r = request(&small.addr, "POST", "/i2v", Some(&multipart_ctype()), &body);
+    assert_eq!(r.status, 422);
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("704x448"), "{msg}");
+}
+
+#[test]
+fn bad_i2v_requests_get_json_errors_naming_the_field() {
+    let server = start("service-i2v-bad", &[]);
+    let a = &server.addr;
+    let image = png();
+    let cases: Vec<(Vec<Part>, u16, &str)> = vec![
+        (vec![("image", Some("f.png"), &image)], 422, "prompt"),
+        (vec![("prompt", None, b"x")], 422, "image"),
+        (
+            vec![
+                ("image", Some("f.png"), &image),
+                ("prompt", None, b"x"),
+                ("steps_lowres", None, b"0"),
+            ],
+            422,
+            "steps_lowres",
+        ),
+        (
+            vec![
+                ("image", Some("f.png"), &image),
+                ("prompt", None, b"x"),
+                ("denoise_strength", None, b"2"),
+            ],
+            422,
+            "denoise_strength",
+        ),
+        (
+            vec![
+                ("image", Some("f.png"), &image),
+                ("prompt", None, b"x"),
+                ("width", None, b"64"),
+            ],
+            422,
+            "width",
+        ),
+        (
+            vec![
+                ("image", Some("f.png"), b"not an image"),
+                ("prompt", None, b"x"),
+            ],
+            422,
+            "image",
+        ),
+        (
+            vec![
+                ("image", Some("f.png"), &image),
+                ("prompt", None, b"x"),
+                ("fps", None, b"fast"),
+            ],
+            422,
+            "fps",
+        ),
+    ];
+    for (parts, status, needle) in cases {
+        let r = request(a, "POST", "/i2v", Some(&multipart_ctype()), &form(&parts));
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.status, status, "{body}");
+        let j = r.json();
+        assert!(j["error_type"].is_string(), "{body}");
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
+    let r = request(a, "POST", "/i2v", Some("application/json"), b"{}");
+    assert_eq!(r.status, 415);
+    // A real model without an upsampler cannot run the flow: 503 saying what to set.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/ltx/models/ltx-0.9.5");
+    let real = start(
+        "service-i2v-noup",
+        &["--ltx-model", fixture.to_str().unwrap()],
+    );
+    let r = request(
+        &real.addr,
+        "POST",
+        "/i2v",
+        Some(&multipart_ctype()),
+        &form(&[("image", Some("f.png"), &image), ("prompt", None, b"x")]),
+    );
+    assert_eq!(r.status, 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("LTX_UPSAMPLER"));
 }

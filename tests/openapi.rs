@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use common::{request, start};
 
 /// Every operation the server implements.
-const ROUTES: [(&str, &str); 12] = [
+const ROUTES: [(&str, &str); 13] = [
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
@@ -18,6 +18,7 @@ const ROUTES: [(&str, &str); 12] = [
     ("GET", "/v1/system"),
     ("POST", "/v1/models/{family}/unload"),
     ("POST", "/v1/image-to-video"),
+    ("POST", "/i2v"),
     ("GET", "/v1/jobs/{id}"),
     ("DELETE", "/v1/jobs/{id}"),
     ("GET", "/v1/jobs/{id}/result"),

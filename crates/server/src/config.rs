@@ -28,6 +28,17 @@ pub struct ServeConfig {
     #[arg(long = "ltx-model", env = "LTX_MODEL")]
     pub ltx_model: Option<PathBuf>,
 
+    /// The latent upsampler of the multi-scale flow (`POST /i2v`): the upscaler repo, a
+    /// diffusers `latent_upsampler` folder or an original .safetensors file. Without it
+    /// `/i2v` answers 503, except with the demo model (which has a tiny one).
+    #[arg(long = "ltx-upsampler", env = "LTX_UPSAMPLER")]
+    pub ltx_upsampler: Option<PathBuf>,
+
+    /// `POST /i2v`: pass the condition image through a one-frame H.264 video first, as the
+    /// diffusers docs do for LTX-Video 0.9.7+ (the model was trained on compressed video).
+    #[arg(long = "ltx-condition-compression", env = "LTX_CONDITION_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub ltx_condition_compression: bool,
+
     /// Where finished videos are written.
     #[arg(long, env = "LTX_OUTPUT_DIR", default_value = "outputs")]
     pub output_dir: PathBuf,
@@ -164,6 +175,14 @@ impl ServeConfig {
                 return bad(format!(
                     "--ltx-model (LTX_MODEL) {}: no model_index.json there",
                     dir.display()
+                ));
+            }
+        }
+        if let Some(p) = &self.ltx_upsampler {
+            if !p.exists() {
+                return bad(format!(
+                    "--ltx-upsampler (LTX_UPSAMPLER) {} does not exist",
+                    p.display()
                 ));
             }
         }

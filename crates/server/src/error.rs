@@ -56,6 +56,8 @@ pub enum ApiError {
     QueueFull { capacity: usize },
     #[error("the worker has stopped; the server is shutting down or unhealthy")]
     Unavailable,
+    #[error("not configured: {0}")]
+    NotConfigured(String),
     #[error("job {id} failed: {error}")]
     JobFailed { id: String, error: String },
     #[error("internal error: {0}")]
@@ -86,6 +88,7 @@ impl ApiError {
             Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
             Self::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             Self::JobFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "job_failed"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ltx_pipelines::image::RgbImage;
+use ltx_pipelines::multiscale::MultiscaleRequest;
 use ltx_pipelines::I2vParams;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -48,16 +49,19 @@ pub enum Stage {
     EncodingText,
     EncodingImage,
     Denoising,
+    /// The multi-scale flow's 2× latent upsample, between its two denoising passes.
+    Upsampling,
     Decoding,
     WritingVideo,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Loading,
         Stage::EncodingText,
         Stage::EncodingImage,
         Stage::Denoising,
+        Stage::Upsampling,
         Stage::Decoding,
         Stage::WritingVideo,
     ];
@@ -68,6 +72,7 @@ impl Stage {
             Self::EncodingText => "encoding_text",
             Self::EncodingImage => "encoding_image",
             Self::Denoising => "denoising",
+            Self::Upsampling => "upsampling",
             Self::Decoding => "decoding",
             Self::WritingVideo => "writing_video",
         }
@@ -105,6 +110,10 @@ pub struct JobStatus {
     /// The result was deleted by the retention policy.
     #[serde(default)]
     pub expired: bool,
+    /// What the job does differently from what was asked, and why (e.g. 96 requested frames
+    /// become 89, as diffusers makes them).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// How the residency manager placed a job's weights (GPU only).
@@ -124,11 +133,41 @@ pub struct JobMemory {
     pub fallback: Option<String>,
 }
 
+/// What a job generates.
+pub enum WorkKind {
+    /// `LTXImageToVideoPipeline`.
+    I2v(I2vParams),
+    /// The 0.9.7/0.9.8 multi-scale flow (`POST /i2v`).
+    Multiscale(Box<MultiscaleRequest>),
+}
+
 /// A validated request, ready for the worker.
 pub struct Work {
     pub image: RgbImage,
-    pub params: I2vParams,
+    pub kind: WorkKind,
+    /// The MP4's frame rate.
     pub fps: f64,
+    pub warnings: Vec<String>,
+}
+
+impl Work {
+    pub fn seed(&self) -> u64 {
+        match &self.kind {
+            WorkKind::I2v(p) => p.seed,
+            WorkKind::Multiscale(r) => r.seed,
+        }
+    }
+
+    /// Denoising steps the job will report (both passes of the multi-scale flow).
+    pub fn total_steps(&self) -> usize {
+        match &self.kind {
+            WorkKind::I2v(p) => p.steps,
+            WorkKind::Multiscale(r) => {
+                let p = &r.params;
+                p.steps_lowres + (p.steps_refine as f64 * p.denoise_strength) as usize
+            }
+        }
+    }
 }
 
 pub struct Job {
@@ -215,17 +254,18 @@ impl JobStore {
             state: JobState::Queued,
             stage: None,
             step: 0,
-            total_steps: work.params.steps,
+            total_steps: work.total_steps(),
             error: None,
             created_at,
             queued_seconds: None,
             run_seconds: None,
             timings: Default::default(),
             model,
-            seed: work.params.seed,
+            seed: work.seed(),
             memory: None,
             expires_at: None,
             expired: false,
+            warnings: work.warnings.clone(),
         };
         let job = Arc::new(Job {
             output: output_dir.join(format!("{id}.mp4")),

@@ -42,7 +42,7 @@ struct Submitted {
     result_url: String,
 }
 
-fn submitted(status: JobStatus) -> Response {
+pub(crate) fn submitted(status: JobStatus) -> Response {
     let status_url = format!("/v1/jobs/{}", status.id);
     let result_url = format!("/v1/jobs/{}/result", status.id);
     let mut resp = (
@@ -60,7 +60,7 @@ fn submitted(status: JobStatus) -> Response {
     resp
 }
 
-fn content_type(req: &Request) -> String {
+pub(crate) fn content_type(req: &Request) -> String {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -110,7 +110,22 @@ fn from_json(parsed: Result<I2vRequest, serde_json::Error>) -> Result<I2vRequest
 
 /// A multipart form: the `image` part is the file, every other part a field of the JSON body
 /// (numbers as text), checked by the same deserializer so the same rules and errors apply.
-async fn read_form(state: &AppState, mut form: Multipart) -> Result<I2vRequest, ApiError> {
+async fn read_form(state: &AppState, form: Multipart) -> Result<I2vRequest, ApiError> {
+    let (fields, image) = read_form_fields(state, form, "image", &TEXT_FIELDS).await?;
+    let mut request = from_json(serde_json::from_value(serde_json::Value::Object(fields)))?;
+    request.image_bytes = Some(image);
+    Ok(request)
+}
+
+/// The parts of a multipart form: `file` as bytes (required, once), the others as JSON
+/// values — strings for `text_fields`, numbers when a part parses as one, else strings (so a
+/// wrong type fails the deserializer with its message). A field sent twice is a 422.
+pub(crate) async fn read_form_fields(
+    state: &AppState,
+    mut form: Multipart,
+    file: &'static str,
+    text_fields: &[&str],
+) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<u8>), ApiError> {
     let part_error = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(state)
@@ -119,21 +134,21 @@ async fn read_form(state: &AppState, mut form: Multipart) -> Result<I2vRequest, 
         }
     };
     let mut fields = serde_json::Map::new();
-    let mut image = None;
+    let mut bytes = None;
     while let Some(part) = form.next_field().await.map_err(part_error)? {
         let name = part.name().unwrap_or("").to_string();
-        if name == "image" {
-            if image.is_some() {
+        if name == file {
+            if bytes.is_some() {
                 return Err(ApiError::Invalid {
-                    field: "image",
+                    field: file,
                     message: "sent twice".into(),
                 });
             }
-            image = Some(part.bytes().await.map_err(part_error)?.to_vec());
+            bytes = Some(part.bytes().await.map_err(part_error)?.to_vec());
             continue;
         }
         let text = part.text().await.map_err(part_error)?;
-        let value = if TEXT_FIELDS.contains(&name.as_str()) {
+        let value = if text_fields.contains(&name.as_str()) {
             serde_json::Value::String(text)
         } else {
             // Numbers arrive as text; anything else stays a string and fails the type check.
@@ -149,16 +164,14 @@ async fn read_form(state: &AppState, mut form: Multipart) -> Result<I2vRequest, 
             });
         }
     }
-    let Some(image) = image else {
+    let Some(bytes) = bytes else {
         return Err(ApiError::Invalid {
-            field: "image",
-            message: "missing: send the image as a file part named \"image\"".into(),
+            field: file,
+            message: format!("missing: send the image as a file part named \"{file}\""),
         });
     };
-    fields.insert("image".into(), serde_json::Value::String(String::new()));
-    let mut request = from_json(serde_json::from_value(serde_json::Value::Object(fields)))?;
-    request.image_bytes = Some(image);
-    Ok(request)
+    fields.insert(file.into(), serde_json::Value::String(String::new()));
+    Ok((fields, bytes))
 }
 
 /// Queues an image-to-video job.
@@ -230,7 +243,7 @@ async fn wait_for(state: &AppState, job: &Arc<Job>) -> Result<Response, ApiError
 
 /// The video of a done job, through tower-http's file service: `Range` (206/416), HEAD,
 /// `Last-Modified` and conditional requests, `video/mp4`.
-async fn video(job: &Job, req: Request) -> Result<Response, ApiError> {
+pub(crate) async fn video(job: &Job, req: Request) -> Result<Response, ApiError> {
     if job.status().expired {
         return Err(ApiError::Gone(job.id.clone()));
     }
@@ -364,7 +377,7 @@ pub async fn cancel(
 
 impl AppState {
     /// Puts a validated job in the bounded queue: a full queue is a 429, never a backlog.
-    fn enqueue(&self, work: crate::jobs::Work) -> Result<Arc<Job>, ApiError> {
+    pub(crate) fn enqueue(&self, work: crate::jobs::Work) -> Result<Arc<Job>, ApiError> {
         let job = self
             .jobs()
             .create(

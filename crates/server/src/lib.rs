@@ -11,6 +11,7 @@ mod metrics;
 mod request;
 mod retention;
 mod routes;
+mod service_i2v;
 mod worker;
 
 pub use config::{Limits, ServeConfig};

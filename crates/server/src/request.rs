@@ -115,7 +115,7 @@ fn decode_base64(data: &str) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| invalid("image", format!("not valid base64: {e}")))
 }
 
-fn decode_image(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ApiError> {
+pub(crate) fn decode_image(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ApiError> {
     if bytes.is_empty() {
         return Err(invalid("image", "is empty".into()));
     }
@@ -255,6 +255,11 @@ impl I2vRequest {
             None => decode_base64(&self.image)?,
         };
         let image = decode_image(&bytes, limits)?;
-        Ok(Work { image, params, fps })
+        Ok(Work {
+            image,
+            kind: crate::jobs::WorkKind::I2v(params),
+            fps,
+            warnings: Vec::new(),
+        })
     }
 }

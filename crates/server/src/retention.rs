@@ -189,6 +189,7 @@ mod tests {
             memory: None,
             expires_at,
             expired: false,
+            warnings: Vec::new(),
         }
     }
 

@@ -89,6 +89,7 @@ impl AppState {
         let queue = worker::spawn(
             WorkerConfig {
                 model: config.ltx_model.clone(),
+                upsampler: config.ltx_upsampler.clone(),
                 device: resolved.clone(),
                 memory: ltx_pipelines::MemoryOptions {
                     mode: config.ltx_offload(),
@@ -156,6 +157,16 @@ impl AppState {
 
     pub(crate) fn wait_timeout_s(&self) -> u64 {
         self.inner.config.wait_timeout_s
+    }
+
+    /// Whether the multi-scale flow can run: an upsampler is configured, or the demo model
+    /// (which has its own) is served.
+    pub(crate) fn upsampler_available(&self) -> bool {
+        self.inner.config.ltx_upsampler.is_some() || self.inner.config.ltx_model.is_none()
+    }
+
+    pub(crate) fn condition_compression(&self) -> bool {
+        self.inner.config.ltx_condition_compression
     }
 
     /// Cancels every unfinished job (shutdown); returns how many.
@@ -226,6 +237,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi_json))
         .routes(routes!(unload))
         .routes(routes!(jobs_api::submit))
+        .routes(routes!(crate::service_i2v::service_i2v))
         .routes(routes!(jobs_api::status, jobs_api::cancel))
         .routes(routes!(jobs_api::result, jobs_api::result_head))
         .routes(routes!(jobs_api::events))

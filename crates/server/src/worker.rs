@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ltx_gpu::device::ResolvedDevice;
+use ltx_models::ltx::LtxLatentUpsampler;
 use ltx_models::ModelError;
 use ltx_pipelines::budget::{self, LadderError};
 use ltx_pipelines::demo::demo_pipeline;
+use ltx_pipelines::multiscale::MultiscaleStage;
 use ltx_pipelines::tiled_decode::TileConfig;
 use ltx_pipelines::video::write_mp4;
 use ltx_pipelines::{BudgetSpec, LtxI2vPipeline, MemoryOptions, Progress};
@@ -19,13 +21,15 @@ use tch::Kind;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::family::{Family, FamilyState, Unloaded};
-use crate::jobs::{unix_now, Job, JobMemory, JobState, Stage};
+use crate::jobs::{unix_now, Job, JobMemory, JobState, Stage, WorkKind};
 use crate::metrics::Metrics;
 use crate::retention::{self, Retention};
 use crate::ServerError;
 
 pub struct WorkerConfig {
     pub model: Option<PathBuf>,
+    /// The multi-scale flow's latent upsampler (`LTX_UPSAMPLER`; the demo model has its own).
+    pub upsampler: Option<PathBuf>,
     pub device: ResolvedDevice,
     /// The offload mode (applied on CUDA; a no-op on the CPU).
     pub memory: MemoryOptions,
@@ -68,6 +72,32 @@ pub fn spawn(cfg: WorkerConfig, queue_size: usize) -> Result<mpsc::Sender<Comman
 struct Loaded {
     pipe: LtxI2vPipeline,
     mem: MemoryOptions,
+    /// Loaded on the first multi-scale job, on the pipeline's device.
+    upsampler: Option<LtxLatentUpsampler>,
+}
+
+/// Loads the upsampler for `POST /i2v` jobs if it is not loaded yet.
+fn ensure_upsampler(cfg: &WorkerConfig, l: &mut Loaded) -> Result<(), ModelError> {
+    if l.upsampler.is_some() {
+        return Ok(());
+    }
+    let opts = ltx_pipelines::LoadOptions {
+        device: l.pipe.device(),
+        dtype: l.pipe.dtype(),
+    };
+    let up = match (&cfg.upsampler, &cfg.model) {
+        (Some(path), _) => {
+            ltx_models::ltx::upsampler::open_upsampler(path, opts.dtype, opts.device)?.0
+        }
+        (None, None) => ltx_pipelines::demo::demo_upsampler(opts)?,
+        (None, Some(_)) => {
+            return Err(ModelError::UnsupportedConfig(
+                "the multi-scale flow needs a latent upsampler: set LTX_UPSAMPLER".into(),
+            ))
+        }
+    };
+    l.upsampler = Some(up);
+    Ok(())
 }
 
 fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
@@ -263,7 +293,11 @@ fn load(
         seconds = secs,
         "LTX-Video loaded"
     );
-    Ok(Loaded { pipe: loaded, mem })
+    Ok(Loaded {
+        pipe: loaded,
+        mem,
+        upsampler: None,
+    })
 }
 
 fn is_out_of_memory(e: &ModelError) -> bool {
@@ -339,7 +373,11 @@ fn run_job(
     if job.cancel_requested() {
         return Err(Failure::Cancelled);
     }
-    let msl = work.params.max_sequence_length;
+    // The tokenizer's base length; the multi-scale flow re-pads its prompts to 256 tokens.
+    let msl = match &work.kind {
+        WorkKind::I2v(p) => p.max_sequence_length,
+        WorkKind::Multiscale(_) => 128,
+    };
     if pipeline.is_none() {
         timer.enter(job, Stage::Loading);
         *pipeline = Some(load(cfg, cfg.memory, msl)?);
@@ -347,8 +385,13 @@ fn run_job(
     // The residency manager (GPU): a job that would not fit runs in a more frugal mode, with
     // tiled decoding if even that would not fit.
     let mut job_tiling = cfg.tiling_on;
-    if let Some(loaded) = pipeline.as_mut() {
-        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, &work.params)? {
+    // (The multi-scale flow has no estimate yet: it runs in the configured mode.)
+    let i2v = match &work.kind {
+        WorkKind::I2v(p) => Some(p),
+        WorkKind::Multiscale(_) => None,
+    };
+    if let (Some(loaded), Some(params)) = (pipeline.as_mut(), i2v) {
+        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, params)? {
             job_tiling |= tiling;
             let want = MemoryOptions {
                 mode: d.mode,
@@ -407,7 +450,7 @@ fn run_job(
                 *pipeline = Some(l);
             }
             let loaded = pipeline
-                .as_ref()
+                .as_mut()
                 .ok_or_else(|| ModelError::Memory("the model is not loaded".into()))?;
             let mut progress = |p: Progress| match p {
                 Progress::EncodingText => timer.enter(job, Stage::EncodingText),
@@ -421,11 +464,53 @@ fn run_job(
                 }
                 Progress::Decoding => timer.enter(job, Stage::Decoding),
             };
-            loaded
-                .pipe
-                .generate_u8(&work.image, &work.params, &mut progress, &|| {
-                    job.cancel_requested()
-                })
+            match &work.kind {
+                WorkKind::I2v(params) => {
+                    loaded
+                        .pipe
+                        .generate_u8(&work.image, params, &mut progress, &|| {
+                            job.cancel_requested()
+                        })
+                }
+                WorkKind::Multiscale(r) => {
+                    if loaded.upsampler.is_none() {
+                        timer.enter(job, Stage::Loading);
+                        ensure_upsampler(cfg, loaded)?;
+                    }
+                    let up = loaded
+                        .upsampler
+                        .as_ref()
+                        .ok_or_else(|| ModelError::Memory("no upsampler".into()))?;
+                    let low = r.params.steps_lowres;
+                    let total = work.total_steps();
+                    let mut stage = |s: MultiscaleStage| {
+                        let step = match s {
+                            MultiscaleStage::LowRes { step, .. } => Some(step),
+                            MultiscaleStage::Refine { step, .. } => Some(low + step),
+                            MultiscaleStage::Upsampling => {
+                                timer.enter(job, Stage::Upsampling);
+                                None
+                            }
+                            MultiscaleStage::Resizing => {
+                                timer.enter(job, Stage::Decoding);
+                                None
+                            }
+                        };
+                        if let Some(step) = step {
+                            timer.enter(job, Stage::Denoising);
+                            job.update(|s| {
+                                s.step = step;
+                                s.total_steps = total;
+                            });
+                        }
+                    };
+                    loaded
+                        .pipe
+                        .generate_multiscale(up, &work.image, r, &mut stage, &|| {
+                            job.cancel_requested()
+                        })
+                }
+            }
         },
         |e| on_cuda && is_out_of_memory(e),
     );
