@@ -14,6 +14,7 @@
 #               sanitize  compute-sanitizer memcheck on the kernel tests (when the tool exists)
 #               kernels, attention, vae   the criterion microbenchmarks
 #               offload, cards            ltx-i2v bench offload / bench cards
+#               cards13b  the multi-scale flow with 13B shapes on a 16 GiB card (model, sequential)
 #               all       every part above
 #   RESULTS   where logs go (default: $TMPDIR/ltx-gpu-results, outside the bundle)
 #   OUT       if set, SUMMARY.txt and a few key files are copied there after every step
@@ -32,7 +33,7 @@ start=$(date +%s)
 mkdir -p "$results"
 : >"$results/steps.tsv"
 suite=",${SUITE:-smoke},"
-[[ "$suite" == *",all,"* ]] && suite=",smoke,tests,sanitize,kernels,attention,vae,offload,cards,"
+[[ "$suite" == *",all,"* ]] && suite=",smoke,tests,sanitize,kernels,attention,vae,offload,cards,cards13b,"
 want() { [[ "$suite" == *",$1,"* ]]; }
 
 # Copies the summary and a few key files to $OUT (at most 8 files come back from there).
@@ -96,10 +97,12 @@ if os.path.exists(off):
         rows.append(("bench", f"offload/streamer_h2d/k={s['prefetch']}", f"{s['gbs']:.1f} GB/s ({100 * s['gbs'] / o['raw_h2d_gbs']:.0f}% of raw)"))
     for r in o["rows"]:
         rows.append(("bench", f"offload/step/{r['mode']}", f"{r['seconds']:.3f} s, peak {r['peak_bytes'] / 1e9:.2f} GB (estimate {r['estimate_bytes'] / 1e9:.2f}), weights on GPU {r['weight_bytes_on_gpu'] / 1e9:.2f} GB {r['note']}"))
-cards = os.path.join(results, "cards.json")
-if os.path.exists(cards):
+for cards_file, prefix in (("cards.json", "cards"), ("cards13b.json", "cards-13b-multiscale")):
+    cards = os.path.join(results, cards_file)
+    if not os.path.exists(cards):
+        continue
     for r in json.load(open(cards))["rows"]:
-        name = f"cards/{r['card_gib']:.0f}GiB/{r['mode']}"
+        name = f"{prefix}/{r['card_gib']:.0f}GiB/{r['mode']}"
         if r["ok"]:
             peaks = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in r["peak_bytes_per_stage"].items())
             rows.append(("bench", name, f"{r['seconds']:.1f} s ({r['step_seconds']:.2f} s/step), peak GiB: {peaks}"))
@@ -198,7 +201,7 @@ fi
 cat "$results/env.txt"
 
 # --- steps ----------------------------------------------------------------------------------
-if want smoke || want tests || want offload || want cards; then
+if want smoke || want tests || want offload || want cards || want cards13b; then
   step doctor 90 "$here/ltx-i2v" doctor
   if [ -f "$results/doctor.log" ]; then
     cp "$results/doctor.log" "$results/doctor.txt"
@@ -257,4 +260,6 @@ want vae && step bench-vae 300 env LTX_BENCH_VAE_FRAMES="${LTX_BENCH_VAE_FRAMES:
 want offload && step bench-offload 240 "$here/ltx-i2v" bench offload --json "$results/offload.json"
 # The whole pipeline on simulated 16/8 GiB cards (41 frames to keep it short).
 want cards && step bench-cards 420 "$here/ltx-i2v" bench cards --frames "${CARDS_FRAMES:-41}" --json "$results/cards.json"
+# The 0.9.7/0.9.8 multi-scale flow, 13B shapes, at the replaced service's default size.
+want cards13b && step bench-cards-13b 420 "$here/ltx-i2v" bench cards --flow multiscale --cards 16 --modes sequential,model --json "$results/cards13b.json"
 exit 0

@@ -4,7 +4,12 @@
 //! then 8 GiB — in each memory mode. Per run: whether it completed, total time, seconds per
 //! denoising step, and peak GPU memory per stage. The VAE decodes in tiles (weighted mode)
 //! in every run: untiled, the full-resolution decode alone needs more than either card.
-//! Without a CUDA device it prints `skipped: no CUDA device (reason)` and exits 0.
+//! `--flow multiscale` runs the 0.9.7/0.9.8 multi-scale flow instead, with the released 13B
+//! shapes (T5-XXL, 13B transformer, 0.9.5+ VAE, the 126 M-parameter latent upsampler) at the
+//! replaced service's default size (704×384 from a 16:9 image, 96 frames): seconds per step of
+//! each pass, peak memory per stage (`pass1`, `upsample`, `pass2` with its decode).
+//! Without a CUDA device it prints `skipped: no CUDA device (reason)` and exits 0 (fails where
+//! CUDA is required).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -13,15 +18,30 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use ltx_gpu::CudaDevice;
-use ltx_pipelines::demo::{random_pipeline, RandomShapes};
+use ltx_pipelines::demo::{random_pipeline, random_upsampler, RandomShapes};
 use ltx_pipelines::image::RgbImage;
+use ltx_pipelines::multiscale::{MultiscaleParams, MultiscaleRequest, MultiscaleStage};
 use ltx_pipelines::tiled_decode::TileConfig;
-use ltx_pipelines::{I2vParams, LoadOptions, MemoryOptions, OffloadMode, Progress};
+use ltx_pipelines::{I2vParams, LoadOptions, LtxI2vPipeline, MemoryOptions, OffloadMode, Progress};
 use serde_json::json;
 use tch::{Device, Kind};
 
+/// Which flow `bench cards` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flow {
+    /// Image-to-video with the 2B shapes.
+    I2v,
+    /// The multi-scale flow with the 13B shapes and the upsampler.
+    Multiscale,
+}
+
 #[derive(Debug, Args)]
 pub struct CardsBench {
+    #[arg(long, value_enum, default_value = "i2v")]
+    flow: Flow,
+    /// Multi-scale: the refine pass's step count (it runs int(this × 0.4)).
+    #[arg(long, default_value_t = 5)]
+    steps_refine: usize,
     /// Simulated card sizes in GiB.
     #[arg(long, value_delimiter = ',', default_value = "16,8")]
     cards: Vec<f64>,
@@ -30,13 +50,16 @@ pub struct CardsBench {
     modes: Vec<OffloadMode>,
     #[arg(long, default_value_t = 2)]
     prefetch: usize,
-    #[arg(long, default_value_t = 512)]
-    height: i64,
-    #[arg(long, default_value_t = 768)]
-    width: i64,
-    #[arg(long, default_value_t = 121)]
-    frames: i64,
-    /// Denoising steps (the per-step time is reported).
+    /// Default 512 (i2v), 384 (multiscale).
+    #[arg(long)]
+    height: Option<i64>,
+    /// Default 768 (i2v), 704 (multiscale).
+    #[arg(long)]
+    width: Option<i64>,
+    /// Default 121 (i2v), 96 (multiscale).
+    #[arg(long)]
+    frames: Option<i64>,
+    /// Denoising steps (multiscale: of the first pass; the per-step time is reported).
     #[arg(long, default_value_t = 2)]
     steps: usize,
     #[arg(long, default_value_t = 0)]
@@ -61,35 +84,103 @@ pub fn run(b: CardsBench) -> anyhow::Result<()> {
     let i = b.device;
     let gpu = Device::Cuda(i);
     let (_, total) = dev.mem_info()?;
+    let ms = b.flow == Flow::Multiscale;
+    let width = b.width.unwrap_or(if ms { 704 } else { 768 });
+    let height = b.height.unwrap_or(if ms { 384 } else { 512 });
+    let frames = b.frames.unwrap_or(if ms { 96 } else { 121 });
     println!(
-        "bench cards: cuda:{i} {} ({:.1} GiB), LTX-2B shapes (T5-XXL, 2B transformer, 0.9.1 VAE), bf16 random weights, {}x{}x{}, {} steps, tiled decode",
+        "bench cards: cuda:{i} {} ({:.1} GiB), {}, bf16 random weights, {width}x{height}x{frames}, {} steps, tiled decode",
         dev.name().unwrap_or_default(),
         total as f64 / (1u64 << 30) as f64,
-        b.width,
-        b.height,
-        b.frames,
+        if ms {
+            "multi-scale flow, LTX-13B shapes (T5-XXL, 13B transformer, 0.9.5 VAE, upsampler)"
+        } else {
+            "LTX-2B shapes (T5-XXL, 2B transformer, 0.9.1 VAE)"
+        },
         b.steps
     );
     let image = RgbImage {
-        width: b.width as usize,
-        height: b.height as usize,
-        data: (0..b.width * b.height * 3)
-            .map(|v| (v % 251) as u8)
-            .collect(),
+        width: width as usize,
+        height: height as usize,
+        data: (0..width * height * 3).map(|v| (v % 251) as u8).collect(),
     };
     let params = I2vParams {
         prompt: "a red ball bounces on a wooden table".into(),
-        height: b.height,
-        width: b.width,
-        num_frames: b.frames,
+        height,
+        width,
+        num_frames: frames,
         steps: b.steps,
         seed: 1,
         ..I2vParams::default()
     };
+    let request = MultiscaleRequest {
+        prompt: params.prompt.clone(),
+        negative_prompt: "worst quality, inconsistent motion, blurry, jittery, distorted".into(),
+        seed: 1,
+        compress_condition: true,
+        params: MultiscaleParams {
+            width,
+            height,
+            num_frames: frames,
+            steps_lowres: b.steps,
+            steps_refine: b.steps_refine,
+            ..MultiscaleParams::default()
+        },
+    };
+    if ms {
+        request.params.validate()?;
+    }
     let mut rows = Vec::new();
     for &card in &b.cards {
         for &mode in &b.modes {
-            let row = one(&dev, gpu, total as f64, card, mode, &b, &image, &params);
+            let row = if ms {
+                one(
+                    &dev,
+                    gpu,
+                    total as f64,
+                    card,
+                    mode,
+                    &b,
+                    &RandomShapes::ltx_13b(),
+                    |pipe, mark| {
+                        let up = random_upsampler(
+                            ltx_models::ltx::LtxUpsamplerConfig::default(),
+                            LoadOptions {
+                                device: gpu,
+                                dtype: Kind::BFloat16,
+                            },
+                            Some(gpu),
+                        )?;
+                        pipe.generate_multiscale(
+                            &up,
+                            &image,
+                            &request,
+                            &mut |s| match s {
+                                MultiscaleStage::LowRes { .. } => mark("pass1", true),
+                                MultiscaleStage::Upsampling => mark("upsample", false),
+                                MultiscaleStage::Refine { .. } => mark("pass2+decode", true),
+                                MultiscaleStage::Resizing => mark("resize", false),
+                            },
+                            &|| false,
+                        )
+                    },
+                )
+            } else {
+                one(
+                    &dev,
+                    gpu,
+                    total as f64,
+                    card,
+                    mode,
+                    &b,
+                    &RandomShapes::ltx_2b(),
+                    |pipe, mark| {
+                        pipe.generate(&image, &params, &mut |p| {
+                            mark(stage_name(&p), matches!(p, Progress::Denoising { .. }))
+                        })
+                    },
+                )
+            };
             let line = match &row {
                 Ok(r) => format!(
                     "{card:>5.0} GiB  {:<11} done in {:>7.1} s ({:.2} s/step), peak GiB per stage {}",
@@ -135,6 +226,9 @@ struct Outcome {
     peaks: BTreeMap<&'static str, u64>,
 }
 
+/// `mark(stage, is_step)`: a stage begins (a denoising step, when `is_step`).
+type Mark<'a> = &'a mut dyn FnMut(&'static str, bool);
+
 #[allow(clippy::too_many_arguments)]
 fn one(
     dev: &CudaDevice,
@@ -143,8 +237,8 @@ fn one(
     card_gib: f64,
     mode: OffloadMode,
     b: &CardsBench,
-    image: &RgbImage,
-    params: &I2vParams,
+    shapes: &RandomShapes,
+    run: impl FnOnce(&LtxI2vPipeline, Mark<'_>) -> ltx_models::Result<tch::Tensor>,
 ) -> anyhow::Result<Outcome> {
     let fraction = (card_gib * (1u64 << 30) as f64 / total).min(1.0);
     let mem = MemoryOptions {
@@ -161,7 +255,7 @@ fn one(
         },
         dtype: Kind::BFloat16,
     };
-    let mut pipe = random_pipeline(&RandomShapes::ltx_2b(), host, Some(gpu), 128)?;
+    let mut pipe = random_pipeline(shapes, host, Some(gpu), 128)?;
     if mode != OffloadMode::None {
         pipe.place(gpu, mem)?;
     }
@@ -188,13 +282,12 @@ fn one(
         }
     };
     let t0 = Instant::now();
-    let out = pipe.generate(image, params, &mut |p| {
-        let name = stage_name(&p);
+    let out = run(&pipe, &mut |name, is_step| {
         if let Some(t) = step_start.borrow_mut().take() {
             tch::Cuda::synchronize(gpu_index(gpu));
             step_times.borrow_mut().push(t.elapsed().as_secs_f64());
         }
-        if matches!(p, Progress::Denoising { .. }) {
+        if is_step {
             *step_start.borrow_mut() = Some(Instant::now());
         }
         let prev = current.borrow_mut().replace(name);

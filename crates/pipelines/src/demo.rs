@@ -71,12 +71,25 @@ fn scheduler() -> FlowMatchConfig {
 /// multi-scale flow and `POST /i2v` run without a download.
 pub fn demo_upsampler(opts: LoadOptions) -> Result<ltx_models::ltx::LtxLatentUpsampler> {
     ltx_gpu::manual_seed(DEMO_SEED + 1);
-    let store = WeightStore::random(opts.dtype, opts.device);
     let cfg = ltx_models::ltx::LtxUpsamplerConfig {
         in_channels: vae().latent_channels,
         mid_channels: 32,
         num_blocks_per_stage: 1,
         ..Default::default()
+    };
+    random_upsampler(cfg, opts, None)
+}
+
+/// A latent upsampler of `cfg`'s shape with random weights from torch's global generator
+/// (drawn on `generate_on` when given).
+pub fn random_upsampler(
+    cfg: ltx_models::ltx::LtxUpsamplerConfig,
+    opts: LoadOptions,
+    generate_on: Option<Device>,
+) -> Result<ltx_models::ltx::LtxLatentUpsampler> {
+    let store = match generate_on {
+        Some(g) => WeightStore::random_generated_on(opts.dtype, opts.device, g),
+        None => WeightStore::random(opts.dtype, opts.device),
     };
     tch::no_grad(|| ltx_models::ltx::LtxLatentUpsampler::new(&store.root(), cfg))
 }
@@ -101,6 +114,18 @@ impl RandomShapes {
             text_encoder: t5(),
             transformer: transformer(),
             vae: vae(),
+        }
+    }
+
+    /// The released LTX-Video 0.9.7/0.9.8 13B shapes: T5-XXL, the 13B transformer, the 0.9.5+
+    /// VAE layout.
+    pub fn ltx_13b() -> Self {
+        Self {
+            text_encoder: T5Config::default(),
+            transformer: LtxTransformerConfig::ltx_13b(),
+            vae: ltx_models::ltx::single_file::released_vae_config(
+                ltx_models::ltx::single_file::VaeLayout::V095,
+            ),
         }
     }
 
