@@ -7,7 +7,7 @@
 //! `--flow multiscale` runs the 0.9.7/0.9.8 multi-scale flow instead, with the released 13B
 //! shapes (T5-XXL, 13B transformer, 0.9.5+ VAE, the 126 M-parameter latent upsampler) at the
 //! replaced service's default size (704×384 from a 16:9 image, 96 frames): seconds per step of
-//! each pass, peak memory per stage (`pass1`, `upsample`, `pass2` with its decode).
+//! each pass, peak memory per stage (`pass1`, `upsample`, `pass2`, `decode`, `resize`).
 //! Without a CUDA device it prints `skipped: no CUDA device (reason)` and exits 0 (fails where
 //! CUDA is required).
 
@@ -156,9 +156,13 @@ pub fn run(b: CardsBench) -> anyhow::Result<()> {
                             &image,
                             &request,
                             &mut |s| match s {
+                                MultiscaleStage::EncodingText => mark("text", false),
+                                MultiscaleStage::LowResPass => mark("pass1", false),
+                                MultiscaleStage::RefinePass => mark("pass2", false),
                                 MultiscaleStage::LowRes { .. } => mark("pass1", true),
                                 MultiscaleStage::Upsampling => mark("upsample", false),
-                                MultiscaleStage::Refine { .. } => mark("pass2+decode", true),
+                                MultiscaleStage::Refine { .. } => mark("pass2", true),
+                                MultiscaleStage::Decoding => mark("decode", false),
                                 MultiscaleStage::Resizing => mark("resize", false),
                             },
                             &|| false,

@@ -429,6 +429,11 @@ fn run_multiscale(args: GenerateArgs, seed: u64) -> anyhow::Result<()> {
         status_line(
             tty,
             &match s {
+                MultiscaleStage::EncodingText => "encoding the prompt".to_string(),
+                MultiscaleStage::LowResPass => {
+                    "low-resolution pass: encoding the image".to_string()
+                }
+                MultiscaleStage::RefinePass => "refine pass: encoding the image".to_string(),
                 MultiscaleStage::LowRes { step, total } => {
                     format!("low-resolution pass, step {step}/{total}")
                 }
@@ -436,6 +441,7 @@ fn run_multiscale(args: GenerateArgs, seed: u64) -> anyhow::Result<()> {
                 MultiscaleStage::Refine { step, total } => {
                     format!("refine pass, step {step}/{total}")
                 }
+                MultiscaleStage::Decoding => "decoding the video".to_string(),
                 MultiscaleStage::Resizing => "resizing the frames".to_string(),
             },
         )

@@ -130,6 +130,15 @@ impl ConditionParams {
     }
 }
 
+/// Where a run is, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionStage {
+    /// Before denoising step `step` (1-based) of `total`.
+    Denoising { step: usize, total: usize },
+    /// Before the VAE decode (frames output only).
+    Decoding,
+}
+
 /// What a run returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConditionOutput {
@@ -182,8 +191,8 @@ fn trimmed_frames(frame_index: i64, frames: i64, num_frames: i64) -> i64 {
 
 /// Runs the pipeline. `latents` (normalised, `[1, C, F, h, w]`) with `denoise_strength < 1`
 /// start from those latents noised to the first kept sigma (the refine pass); with
-/// `denoise_strength = 1` they are ignored, as in diffusers. `progress(step, total)` is called
-/// before each denoising step; an error from it stops the run.
+/// `denoise_strength = 1` they are ignored, as in diffusers. `progress` is called before each
+/// denoising step and before decoding; an error from it stops the run.
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     m: &ConditionModels<'_>,
@@ -193,7 +202,7 @@ pub fn generate(
     latents: Option<&Tensor>,
     p: &ConditionParams,
     output: ConditionOutput,
-    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    progress: &mut dyn FnMut(ConditionStage) -> Result<()>,
 ) -> Result<Tensor> {
     p.validate()?;
     if prompt.embeds.size().first() != Some(&1) {
@@ -370,7 +379,7 @@ pub fn generate(
     let total = schedule.timesteps.len();
     let rows = if p.cfg() { 2 } else { 1 };
     for (i, &t) in schedule.timesteps.iter().enumerate() {
-        progress(i + 1, total)?;
+        progress(ConditionStage::Denoising { step: i + 1, total })?;
         let t32 = Tensor::from_slice(&[t]).f_to_device(dev)?.f_squeeze()?;
         if let (Some(init), Some(tm)) = (&init, &token_mask) {
             if p.image_cond_noise_scale > 0.0 {
@@ -441,6 +450,7 @@ pub fn generate(
     if output == ConditionOutput::Latents {
         return Ok(z);
     }
+    progress(ConditionStage::Decoding)?;
     m.enter(Component::Vae)?;
     let scaling = vae.config().scaling_factor;
     let mut z = (z * &std / scaling + &mean).f_to_kind(dtype)?;

@@ -11,7 +11,8 @@ use tch::{Kind, Tensor};
 use crate::image::RgbImage;
 use crate::latent_upsample::{upsample_latents, UpsampleParams};
 use crate::ltx_condition::{
-    generate, Condition, ConditionModels, ConditionOutput, ConditionParams, PromptEmbeds,
+    generate, Condition, ConditionModels, ConditionOutput, ConditionParams, ConditionStage,
+    PromptEmbeds,
 };
 
 /// The flow's settings; defaults are the replaced service's.
@@ -56,9 +57,23 @@ impl Default for MultiscaleParams {
 /// Where the flow is, for progress reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MultiscaleStage {
-    LowRes { step: usize, total: usize },
+    /// The prompts (once for both passes).
+    EncodingText,
+    /// Pass 1 begins: its condition is encoded and its latents prepared.
+    LowResPass,
+    LowRes {
+        step: usize,
+        total: usize,
+    },
     Upsampling,
-    Refine { step: usize, total: usize },
+    /// Pass 2 begins: its condition is encoded and the upsampled latents noised.
+    RefinePass,
+    Refine {
+        step: usize,
+        total: usize,
+    },
+    /// The refine pass's VAE decode.
+    Decoding,
     Resizing,
 }
 
@@ -180,6 +195,7 @@ pub fn generate_multiscale(
         steps: p.steps_lowres,
         ..pass(w1, h1)
     };
+    progress(MultiscaleStage::LowResPass)?;
     let latents = generate(
         m,
         prompt,
@@ -188,10 +204,16 @@ pub fn generate_multiscale(
         None,
         &low,
         ConditionOutput::Latents,
-        &mut |step, total| progress(MultiscaleStage::LowRes { step, total }),
+        &mut |s| match s {
+            ConditionStage::Denoising { step, total } => {
+                progress(MultiscaleStage::LowRes { step, total })
+            }
+            ConditionStage::Decoding => Ok(()),
+        },
     )?;
     progress(MultiscaleStage::Upsampling)?;
     let up = upsample_latents(upsampler, m.vae, &latents, &UpsampleParams::default())?;
+    progress(MultiscaleStage::RefinePass)?;
     let refine = ConditionParams {
         steps: p.steps_refine,
         denoise_strength: p.denoise_strength,
@@ -207,7 +229,12 @@ pub fn generate_multiscale(
         Some(&up),
         &refine,
         ConditionOutput::Frames,
-        &mut |step, total| progress(MultiscaleStage::Refine { step, total }),
+        &mut |s| match s {
+            ConditionStage::Denoising { step, total } => {
+                progress(MultiscaleStage::Refine { step, total })
+            }
+            ConditionStage::Decoding => progress(MultiscaleStage::Decoding),
+        },
     )?;
     progress(MultiscaleStage::Resizing)?;
     // (x·255).round() to uint8 (numpy rounds half to even, as torch does), then Lanczos.
@@ -325,6 +352,7 @@ impl crate::LtxI2vPipeline {
             } else {
                 image.clone()
             };
+            report(MultiscaleStage::EncodingText)?;
             self.enter(crate::memory::Component::TextEncoder)?;
             let cfg = r.params.guidance_scale > 1.0;
             let (prompt, negative) = condition_prompts(self, &r.prompt, &r.negative_prompt, cfg)?;

@@ -491,7 +491,15 @@ fn run_job(
                                 timer.enter(job, Stage::Upsampling);
                                 None
                             }
-                            MultiscaleStage::Resizing => {
+                            MultiscaleStage::EncodingText => {
+                                timer.enter(job, Stage::EncodingText);
+                                None
+                            }
+                            MultiscaleStage::LowResPass | MultiscaleStage::RefinePass => {
+                                timer.enter(job, Stage::EncodingImage);
+                                None
+                            }
+                            MultiscaleStage::Decoding | MultiscaleStage::Resizing => {
                                 timer.enter(job, Stage::Decoding);
                                 None
                             }
