@@ -577,3 +577,58 @@ fn bad_i2v_requests_get_json_errors_naming_the_field() {
     assert_eq!(r.status, 503);
     assert!(String::from_utf8_lossy(&r.body).contains("LTX_UPSAMPLER"));
 }
+
+#[test]
+fn the_v1_api_runs_the_multiscale_pipeline_as_a_job() {
+    let server = start("v1-multiscale", &[]);
+    let a = &server.addr;
+    let image = png();
+    let body = form(&[
+        ("image", Some("first.png"), &image),
+        ("prompt", None, b"a red ball bounces"),
+        ("pipeline", None, b"multiscale"),
+        ("width", None, b"100"),
+        ("height", None, b"70"),
+        ("num_frames", None, b"24"),
+        ("steps", None, b"2"),
+        ("steps_refine", None, b"5"),
+        ("fps", None, b"24"),
+        ("seed", None, b"3"),
+    ]);
+    let r = request(
+        a,
+        "POST",
+        "/v1/image-to-video?wait=true",
+        Some(&multipart_ctype()),
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mp4 = server.dir.join("v1-multiscale.mp4");
+    std::fs::write(&mp4, &r.body).unwrap();
+    let s = ffprobe(&mp4);
+    assert_eq!(
+        (s["width"].as_i64(), s["height"].as_i64()),
+        (Some(100), Some(70))
+    );
+    assert_eq!(s["nb_read_frames"], "17");
+    // Multi-scale fields without the pipeline, and an unknown pipeline, are refused.
+    for (extra, field) in [
+        (("steps_refine", b"5".as_slice()), "steps_refine"),
+        (("pipeline", b"fast".as_slice()), "pipeline"),
+    ] {
+        let body = form(&[
+            ("image", Some("first.png"), &image),
+            ("prompt", None, b"x"),
+            (extra.0, None, extra.1),
+        ]);
+        let r = request(
+            a,
+            "POST",
+            "/v1/image-to-video",
+            Some(&multipart_ctype()),
+            &body,
+        );
+        assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["field"], field);
+    }
+}

@@ -192,7 +192,7 @@ pub(crate) async fn read_form_fields(
         (status = 429, description = "The queue is full; see Retry-After", body = ApiErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
         (status = 500, description = "`?wait=true`: the job failed", body = ApiErrorBody),
-        (status = 503, description = "The worker has stopped", body = ApiErrorBody)))]
+        (status = 503, description = "The worker has stopped, or `multiscale` without an upsampler", body = ApiErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
@@ -200,9 +200,15 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let request = read_request(&state, req).await?;
+    if request.pipeline.as_deref() == Some("multiscale") && !state.upsampler_available() {
+        return Err(ApiError::NotConfigured(
+            "the multi-scale pipeline needs the latent upsampler: set LTX_UPSAMPLER".into(),
+        ));
+    }
     let limits = state.limits().clone();
+    let compress = state.condition_compression();
     // Decoding a large image takes a while: keep it off the async executor.
-    let work = tokio::task::spawn_blocking(move || request.validate(&limits))
+    let work = tokio::task::spawn_blocking(move || request.validate(&limits, compress))
         .await
         .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??;
     let job = state.enqueue(work)?;

@@ -14,7 +14,10 @@ use crate::ApiError;
 /// `POST /v1/image-to-video` JSON body. Unknown fields are refused. Defaults and limits:
 /// width 704 and height 512 (multiples of 32, each ≤ the server's max side, product ≤ its max
 /// pixels), num_frames 161 (8k+1), steps 50, guidance_scale 3 ([0, 30]), guidance_rescale 0
-/// ([0, 1]), fps 25 ([1, 120]), a random seed.
+/// ([0, 1]), fps 25 ([1, 120]), a random seed. With `"pipeline": "multiscale"` (the
+/// 0.9.7/0.9.8 flow, which needs the upsampler) width and height may be any size, num_frames
+/// any count (the video has 8k+1: 96 → 89), `steps` is the first pass's, and the
+/// multi-scale fields apply (defaults: the replaced service's).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct I2vRequest {
@@ -50,6 +53,20 @@ pub struct I2vRequest {
     pub decode_noise_scale: Option<f64>,
     /// The video container: only `mp4` (H.264) today.
     pub output_format: Option<String>,
+    /// `i2v` (default: LTXImageToVideoPipeline) or `multiscale`.
+    pub pipeline: Option<String>,
+    /// Multi-scale: the first pass's scale, in (0, 1] (default 2/3).
+    pub downscale_factor: Option<f64>,
+    /// Multi-scale: the refine pass's steps (default 15; it runs int(this × denoise_strength)).
+    #[schema(minimum = 1)]
+    pub steps_refine: Option<usize>,
+    /// Multi-scale: how much of the refine schedule runs, in (0, 1] (default 0.4).
+    pub denoise_strength: Option<f64>,
+    /// Multi-scale: the refine pass's noise on the condition frame, in [0, 1] (default 0.025).
+    pub image_cond_noise_scale: Option<f64>,
+    /// The model's frame-rate conditioning (default: `fps` for i2v, 25 for multiscale).
+    #[schema(minimum = 1, maximum = 120)]
+    pub frame_rate: Option<f64>,
 }
 
 /// `POST /v1/image-to-video` as `multipart/form-data`: the image as a file part, every other
@@ -73,10 +90,16 @@ pub struct I2vForm {
     decode_timestep: Option<f64>,
     decode_noise_scale: Option<f64>,
     output_format: Option<String>,
+    pipeline: Option<String>,
+    downscale_factor: Option<f64>,
+    steps_refine: Option<usize>,
+    denoise_strength: Option<f64>,
+    image_cond_noise_scale: Option<f64>,
+    frame_rate: Option<f64>,
 }
 
 /// Text fields of the form whose values are strings (all others are numbers).
-pub const TEXT_FIELDS: [&str; 3] = ["prompt", "negative_prompt", "output_format"];
+pub const TEXT_FIELDS: [&str; 4] = ["prompt", "negative_prompt", "output_format", "pipeline"];
 
 fn invalid(field: &'static str, message: String) -> ApiError {
     ApiError::Invalid { field, message }
@@ -153,7 +176,7 @@ pub(crate) fn decode_image(bytes: &[u8], limits: &Limits) -> Result<RgbImage, Ap
 
 impl I2vRequest {
     /// Checks every rule against `limits`; the random seed is drawn here when absent.
-    pub fn validate(self, limits: &Limits) -> Result<Work, ApiError> {
+    pub fn validate(self, limits: &Limits, compress_condition: bool) -> Result<Work, ApiError> {
         let chars = |field: &'static str, s: &str| {
             let n = s.chars().count();
             if n > limits.max_prompt_chars {
@@ -170,6 +193,31 @@ impl I2vRequest {
         };
         chars("prompt", &self.prompt)?;
         chars("negative_prompt", &self.negative_prompt)?;
+        match self.pipeline.as_deref() {
+            None | Some("i2v") => {}
+            Some("multiscale") => return self.validate_multiscale(limits, compress_condition),
+            Some(other) => {
+                return Err(invalid(
+                    "pipeline",
+                    format!("must be \"i2v\" or \"multiscale\", got {other:?}"),
+                ))
+            }
+        }
+        let multiscale_only = [
+            ("downscale_factor", self.downscale_factor.is_some()),
+            ("steps_refine", self.steps_refine.is_some()),
+            ("denoise_strength", self.denoise_strength.is_some()),
+            (
+                "image_cond_noise_scale",
+                self.image_cond_noise_scale.is_some(),
+            ),
+        ];
+        if let Some((field, _)) = multiscale_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                field,
+                "applies to \"pipeline\": \"multiscale\" only".into(),
+            ));
+        }
         let side = |field: &'static str, v: Option<i64>, default: i64| {
             let v = v.unwrap_or(default);
             if v <= 0 || v % 32 != 0 || v > limits.max_side {
@@ -236,7 +284,7 @@ impl I2vRequest {
             guidance_rescale: finite("guidance_rescale", self.guidance_rescale, 0.0, 0.0, 1.0)?,
             seed,
             decoder_noise_seed: seed,
-            frame_rate: fps,
+            frame_rate: finite("frame_rate", self.frame_rate, fps, 1.0, 120.0)?,
             decode_timestep,
             decode_noise_scale,
             max_sequence_length: 128,
@@ -260,6 +308,138 @@ impl I2vRequest {
             kind: crate::jobs::WorkKind::I2v(params),
             fps,
             warnings: Vec::new(),
+        })
+    }
+
+    /// `"pipeline": "multiscale"`: the 0.9.7/0.9.8 flow's rules.
+    fn validate_multiscale(
+        self,
+        limits: &Limits,
+        compress_condition: bool,
+    ) -> Result<Work, ApiError> {
+        let side = |field: &'static str, v: Option<i64>, default: i64| {
+            let v = v.unwrap_or(default);
+            if (1..=limits.max_side).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    field,
+                    format!("must be in [1, {}], got {v}", limits.max_side),
+                ))
+            }
+        };
+        let width = side("width", self.width, 704)?;
+        let height = side("height", self.height, 512)?;
+        if width * height > limits.max_pixels {
+            return Err(invalid(
+                "width",
+                format!(
+                    "{width}x{height} = {} pixels exceeds the limit of {}",
+                    width * height,
+                    limits.max_pixels
+                ),
+            ));
+        }
+        let frames = self.num_frames.unwrap_or(96);
+        if !(1..=limits.max_frames).contains(&frames) {
+            return Err(invalid(
+                "num_frames",
+                format!("must be in [1, {}], got {frames}", limits.max_frames),
+            ));
+        }
+        let steps = |field: &'static str, v: Option<usize>, d: usize| {
+            let v = v.unwrap_or(d);
+            if v >= 1 && v <= limits.max_steps {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    field,
+                    format!("must be in [1, {}], got {v}", limits.max_steps),
+                ))
+            }
+        };
+        if self.guidance_rescale.is_some() || self.decode_noise_scale.is_some() {
+            return Err(invalid(
+                if self.guidance_rescale.is_some() {
+                    "guidance_rescale"
+                } else {
+                    "decode_noise_scale"
+                },
+                "applies to \"pipeline\": \"i2v\" only".into(),
+            ));
+        }
+        match self.output_format.as_deref() {
+            None | Some("mp4") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "output_format",
+                    format!("must be \"mp4\", got {other:?}"),
+                ))
+            }
+        }
+        let seed = match self.seed {
+            Some(s) => s,
+            None => {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b)
+                    .map_err(|e| ApiError::Internal(format!("random seed: {e}")))?;
+                u64::from_le_bytes(b) >> 11
+            }
+        };
+        let params = ltx_pipelines::multiscale::MultiscaleParams {
+            width,
+            height,
+            num_frames: frames,
+            downscale_factor: finite(
+                "downscale_factor",
+                self.downscale_factor,
+                2.0 / 3.0,
+                1e-3,
+                1.0,
+            )?,
+            steps_lowres: steps("steps", self.steps, 40)?,
+            steps_refine: steps("steps_refine", self.steps_refine, 15)?,
+            denoise_strength: finite("denoise_strength", self.denoise_strength, 0.4, 1e-3, 1.0)?,
+            decode_timestep: finite("decode_timestep", self.decode_timestep, 0.05, 0.0, 1.0)?,
+            image_cond_noise_scale: finite(
+                "image_cond_noise_scale",
+                self.image_cond_noise_scale,
+                0.025,
+                0.0,
+                1.0,
+            )?,
+            guidance_scale: finite("guidance_scale", self.guidance_scale, 3.0, 0.0, 30.0)?,
+            frame_rate: finite("frame_rate", self.frame_rate, 25.0, 1.0, 120.0)?,
+        };
+        params
+            .validate()
+            .map_err(|e| invalid("body", e.to_string()))?;
+        let fps = finite("fps", self.fps, 30.0, 1.0, 120.0)?;
+        let mut warnings = Vec::new();
+        if params.output_frames() != frames {
+            warnings.push(format!(
+                "{frames} frames requested; the model makes 8k+1, so the video has {} (as diffusers)",
+                params.output_frames()
+            ));
+        }
+        let bytes = match self.image_bytes {
+            Some(b) => b,
+            None => decode_base64(&self.image)?,
+        };
+        let image = decode_image(&bytes, limits)?;
+        Ok(Work {
+            image,
+            kind: crate::jobs::WorkKind::Multiscale(Box::new(
+                ltx_pipelines::multiscale::MultiscaleRequest {
+                    prompt: self.prompt,
+                    negative_prompt: self.negative_prompt,
+                    seed,
+                    compress_condition,
+                    params,
+                },
+            )),
+            fps,
+            warnings,
         })
     }
 }
