@@ -105,7 +105,7 @@ fn invalid(field: &'static str, message: String) -> ApiError {
     ApiError::Invalid { field, message }
 }
 
-fn finite(
+pub(crate) fn finite(
     field: &'static str,
     v: Option<f64>,
     default: f64,
@@ -121,6 +121,115 @@ fn finite(
             format!("must be a number in [{lo}, {hi}], got {v}"),
         ))
     }
+}
+
+/// `v` (or `default`) within `[lo, hi]`.
+pub(crate) fn int_in(
+    field: &'static str,
+    v: Option<i64>,
+    default: i64,
+    lo: i64,
+    hi: i64,
+) -> Result<i64, ApiError> {
+    let v = v.unwrap_or(default);
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(field, format!("must be in [{lo}, {hi}], got {v}")))
+    }
+}
+
+/// A step count (or `default`) in `[1, max_steps]`.
+pub(crate) fn steps_in(
+    limits: &Limits,
+    field: &'static str,
+    v: Option<usize>,
+    default: usize,
+) -> Result<usize, ApiError> {
+    let v = v.unwrap_or(default);
+    if v >= 1 && v <= limits.max_steps {
+        Ok(v)
+    } else {
+        Err(invalid(
+            field,
+            format!("must be in [1, {}], got {v}", limits.max_steps),
+        ))
+    }
+}
+
+/// A prompt no longer than the limit.
+pub(crate) fn prompt_within(limits: &Limits, field: &'static str, s: &str) -> Result<(), ApiError> {
+    let n = s.chars().count();
+    if n > limits.max_prompt_chars {
+        return Err(invalid(
+            field,
+            format!(
+                "{n} characters exceeds the limit of {}",
+                limits.max_prompt_chars
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `width × height` within the pixel limit (the error names `field`).
+pub(crate) fn area_within(
+    limits: &Limits,
+    field: &'static str,
+    width: i64,
+    height: i64,
+) -> Result<(), ApiError> {
+    if width * height > limits.max_pixels {
+        return Err(invalid(
+            field,
+            format!(
+                "{width}x{height} = {} pixels exceeds the limit of {}",
+                width * height,
+                limits.max_pixels
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The seed, or a random one (53 bits, exact in JSON numbers).
+pub(crate) fn seed_or_random(seed: Option<u64>) -> Result<u64, ApiError> {
+    match seed {
+        Some(s) => Ok(s),
+        None => {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("random seed: {e}")))?;
+            Ok(u64::from_le_bytes(b) >> 11)
+        }
+    }
+}
+
+/// A multi-scale job from checked parts: the flow's own rules (pass sizes, refine steps) as a
+/// 422, and a warning when the video will not have the requested frame count.
+pub(crate) fn multiscale_work(
+    image: RgbImage,
+    request: ltx_pipelines::multiscale::MultiscaleRequest,
+    fps: f64,
+    mut warnings: Vec<String>,
+) -> Result<Work, ApiError> {
+    let p = &request.params;
+    p.validate().map_err(|e| invalid("body", e.to_string()))?;
+    if p.output_frames() != p.num_frames {
+        warnings.insert(
+            0,
+            format!(
+                "{} frames requested; the model makes 8k+1, so the video has {} (as diffusers)",
+                p.num_frames,
+                p.output_frames()
+            ),
+        );
+    }
+    Ok(Work {
+        image,
+        kind: crate::jobs::WorkKind::Multiscale(Box::new(request)),
+        fps,
+        warnings,
+    })
 }
 
 fn decode_base64(data: &str) -> Result<Vec<u8>, ApiError> {
@@ -177,22 +286,8 @@ pub(crate) fn decode_image(bytes: &[u8], limits: &Limits) -> Result<RgbImage, Ap
 impl I2vRequest {
     /// Checks every rule against `limits`; the random seed is drawn here when absent.
     pub fn validate(self, limits: &Limits, compress_condition: bool) -> Result<Work, ApiError> {
-        let chars = |field: &'static str, s: &str| {
-            let n = s.chars().count();
-            if n > limits.max_prompt_chars {
-                Err(invalid(
-                    field,
-                    format!(
-                        "{n} characters exceeds the limit of {}",
-                        limits.max_prompt_chars
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        chars("prompt", &self.prompt)?;
-        chars("negative_prompt", &self.negative_prompt)?;
+        prompt_within(limits, "prompt", &self.prompt)?;
+        prompt_within(limits, "negative_prompt", &self.negative_prompt)?;
         match self.pipeline.as_deref() {
             None | Some("i2v") => {}
             Some("multiscale") => return self.validate_multiscale(limits, compress_condition),
@@ -234,16 +329,7 @@ impl I2vRequest {
         };
         let width = side("width", self.width, 704)?;
         let height = side("height", self.height, 512)?;
-        if width * height > limits.max_pixels {
-            return Err(invalid(
-                "width",
-                format!(
-                    "{width}x{height} = {} pixels exceeds the limit of {}",
-                    width * height,
-                    limits.max_pixels
-                ),
-            ));
-        }
+        area_within(limits, "width", width, height)?;
         let frames = self.num_frames.unwrap_or(161);
         if frames < 1 || (frames - 1) % 8 != 0 || frames > limits.max_frames {
             return Err(invalid(
@@ -251,22 +337,8 @@ impl I2vRequest {
                 format!("must be 8k+1 in [1, {}], got {frames}", limits.max_frames),
             ));
         }
-        let steps = self.steps.unwrap_or(50);
-        if steps == 0 || steps > limits.max_steps {
-            return Err(invalid(
-                "steps",
-                format!("must be in [1, {}], got {steps}", limits.max_steps),
-            ));
-        }
-        let seed = match self.seed {
-            Some(s) => s,
-            None => {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b)
-                    .map_err(|e| ApiError::Internal(format!("random seed: {e}")))?;
-                u64::from_le_bytes(b) >> 11
-            }
-        };
+        let steps = steps_in(limits, "steps", self.steps, 50)?;
+        let seed = seed_or_random(self.seed)?;
         let fps = finite("fps", self.fps, 25.0, 1.0, 120.0)?;
         let decode_timestep = finite("decode_timestep", self.decode_timestep, 0.0, 0.0, 1.0)?;
         let decode_noise_scale = match self.decode_noise_scale {
@@ -317,56 +389,20 @@ impl I2vRequest {
         limits: &Limits,
         compress_condition: bool,
     ) -> Result<Work, ApiError> {
-        let side = |field: &'static str, v: Option<i64>, default: i64| {
-            let v = v.unwrap_or(default);
-            if (1..=limits.max_side).contains(&v) {
-                Ok(v)
-            } else {
-                Err(invalid(
+        let width = int_in("width", self.width, 704, 1, limits.max_side)?;
+        let height = int_in("height", self.height, 512, 1, limits.max_side)?;
+        area_within(limits, "width", width, height)?;
+        let frames = int_in("num_frames", self.num_frames, 96, 1, limits.max_frames)?;
+        for (field, set) in [
+            ("guidance_rescale", self.guidance_rescale.is_some()),
+            ("decode_noise_scale", self.decode_noise_scale.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
                     field,
-                    format!("must be in [1, {}], got {v}", limits.max_side),
-                ))
+                    "applies to \"pipeline\": \"i2v\" only".into(),
+                ));
             }
-        };
-        let width = side("width", self.width, 704)?;
-        let height = side("height", self.height, 512)?;
-        if width * height > limits.max_pixels {
-            return Err(invalid(
-                "width",
-                format!(
-                    "{width}x{height} = {} pixels exceeds the limit of {}",
-                    width * height,
-                    limits.max_pixels
-                ),
-            ));
-        }
-        let frames = self.num_frames.unwrap_or(96);
-        if !(1..=limits.max_frames).contains(&frames) {
-            return Err(invalid(
-                "num_frames",
-                format!("must be in [1, {}], got {frames}", limits.max_frames),
-            ));
-        }
-        let steps = |field: &'static str, v: Option<usize>, d: usize| {
-            let v = v.unwrap_or(d);
-            if v >= 1 && v <= limits.max_steps {
-                Ok(v)
-            } else {
-                Err(invalid(
-                    field,
-                    format!("must be in [1, {}], got {v}", limits.max_steps),
-                ))
-            }
-        };
-        if self.guidance_rescale.is_some() || self.decode_noise_scale.is_some() {
-            return Err(invalid(
-                if self.guidance_rescale.is_some() {
-                    "guidance_rescale"
-                } else {
-                    "decode_noise_scale"
-                },
-                "applies to \"pipeline\": \"i2v\" only".into(),
-            ));
         }
         match self.output_format.as_deref() {
             None | Some("mp4") => {}
@@ -377,15 +413,6 @@ impl I2vRequest {
                 ))
             }
         }
-        let seed = match self.seed {
-            Some(s) => s,
-            None => {
-                let mut b = [0u8; 8];
-                getrandom::fill(&mut b)
-                    .map_err(|e| ApiError::Internal(format!("random seed: {e}")))?;
-                u64::from_le_bytes(b) >> 11
-            }
-        };
         let params = ltx_pipelines::multiscale::MultiscaleParams {
             width,
             height,
@@ -397,8 +424,8 @@ impl I2vRequest {
                 1e-3,
                 1.0,
             )?,
-            steps_lowres: steps("steps", self.steps, 40)?,
-            steps_refine: steps("steps_refine", self.steps_refine, 15)?,
+            steps_lowres: steps_in(limits, "steps", self.steps, 40)?,
+            steps_refine: steps_in(limits, "steps_refine", self.steps_refine, 15)?,
             denoise_strength: finite("denoise_strength", self.denoise_strength, 0.4, 1e-3, 1.0)?,
             decode_timestep: finite("decode_timestep", self.decode_timestep, 0.05, 0.0, 1.0)?,
             image_cond_noise_scale: finite(
@@ -411,35 +438,20 @@ impl I2vRequest {
             guidance_scale: finite("guidance_scale", self.guidance_scale, 3.0, 0.0, 30.0)?,
             frame_rate: finite("frame_rate", self.frame_rate, 25.0, 1.0, 120.0)?,
         };
-        params
-            .validate()
-            .map_err(|e| invalid("body", e.to_string()))?;
         let fps = finite("fps", self.fps, 30.0, 1.0, 120.0)?;
-        let mut warnings = Vec::new();
-        if params.output_frames() != frames {
-            warnings.push(format!(
-                "{frames} frames requested; the model makes 8k+1, so the video has {} (as diffusers)",
-                params.output_frames()
-            ));
-        }
+        let seed = seed_or_random(self.seed)?;
         let bytes = match self.image_bytes {
             Some(b) => b,
             None => decode_base64(&self.image)?,
         };
         let image = decode_image(&bytes, limits)?;
-        Ok(Work {
-            image,
-            kind: crate::jobs::WorkKind::Multiscale(Box::new(
-                ltx_pipelines::multiscale::MultiscaleRequest {
-                    prompt: self.prompt,
-                    negative_prompt: self.negative_prompt,
-                    seed,
-                    compress_condition,
-                    params,
-                },
-            )),
-            fps,
-            warnings,
-        })
+        let request = ltx_pipelines::multiscale::MultiscaleRequest {
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt,
+            seed,
+            compress_condition,
+            params,
+        };
+        multiscale_work(image, request, fps, Vec::new())
     }
 }

@@ -14,8 +14,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::jobs::{Job, JobState, Work, WorkKind};
+use crate::jobs::{Job, JobState, Work};
 use crate::jobs_api::{content_type, read_form_fields, video};
+use crate::request::{area_within, finite, int_in, multiscale_work, prompt_within, steps_in};
 use crate::routes::{ApiErrorBody, AppState};
 use crate::ApiError;
 
@@ -26,8 +27,9 @@ pub const DEFAULT_NEGATIVE: &str = "worst quality, inconsistent motion, blurry, 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceI2vRequest {
-    #[serde(default)]
-    image: String,
+    /// The form's file part (its bytes travel separately); present so the field is known.
+    #[serde(default, rename = "image")]
+    _image: String,
     prompt: String,
     negative_prompt: Option<String>,
     expected_height: Option<i64>,
@@ -105,36 +107,6 @@ fn invalid(field: &'static str, message: String) -> ApiError {
     ApiError::Invalid { field, message }
 }
 
-fn range_f(
-    field: &'static str,
-    v: Option<f64>,
-    default: f64,
-    lo: f64,
-    hi: f64,
-) -> Result<f64, ApiError> {
-    let v = v.unwrap_or(default);
-    if v.is_finite() && v >= lo && v <= hi {
-        Ok(v)
-    } else {
-        Err(invalid(field, format!("must be in [{lo}, {hi}], got {v}")))
-    }
-}
-
-fn range_i(
-    field: &'static str,
-    v: Option<i64>,
-    default: i64,
-    lo: i64,
-    hi: i64,
-) -> Result<i64, ApiError> {
-    let v = v.unwrap_or(default);
-    if (lo..=hi).contains(&v) {
-        Ok(v)
-    } else {
-        Err(invalid(field, format!("must be in [{lo}, {hi}], got {v}")))
-    }
-}
-
 /// The replaced service's size when `expected_*` are missing: the image's aspect with the
 /// long side `max_dimension` (`int()` of the other), floored to multiples of 32, at least 256.
 pub fn derived_size(image_w: usize, image_h: usize, max_dimension: i64) -> (i64, i64) {
@@ -155,25 +127,12 @@ impl ServiceI2vRequest {
         limits: &Limits,
         compress_condition: bool,
     ) -> Result<Work, ApiError> {
-        for (field, s) in [
-            ("prompt", &self.prompt),
-            (
-                "negative_prompt",
-                &self.negative_prompt.clone().unwrap_or_default(),
-            ),
-        ] {
-            let n = s.chars().count();
-            if n > limits.max_prompt_chars {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "{n} characters exceeds the limit of {}",
-                        limits.max_prompt_chars
-                    ),
-                ));
-            }
-        }
-        let max_dimension = range_i(
+        let negative = self
+            .negative_prompt
+            .unwrap_or_else(|| DEFAULT_NEGATIVE.to_string());
+        prompt_within(limits, "prompt", &self.prompt)?;
+        prompt_within(limits, "negative_prompt", &negative)?;
+        let max_dimension = int_in(
             "max_dimension",
             self.max_dimension,
             704,
@@ -182,70 +141,41 @@ impl ServiceI2vRequest {
         )?;
         let (width, height) = match (self.expected_width, self.expected_height) {
             (Some(w), Some(h)) => (
-                range_i("expected_width", Some(w), 0, 1, limits.max_side)?,
-                range_i("expected_height", Some(h), 0, 1, limits.max_side)?,
+                int_in("expected_width", Some(w), 0, 1, limits.max_side)?,
+                int_in("expected_height", Some(h), 0, 1, limits.max_side)?,
             ),
             _ => derived_size(image.width, image.height, max_dimension),
         };
-        if width * height > limits.max_pixels {
-            return Err(invalid(
-                "expected_width",
-                format!(
-                    "{width}x{height} = {} pixels exceeds the limit of {}",
-                    width * height,
-                    limits.max_pixels
-                ),
-            ));
-        }
-        let num_frames = range_i("num_frames", self.num_frames, 96, 1, limits.max_frames)?;
-        let steps = |field, v: Option<usize>, d: usize| -> Result<usize, ApiError> {
-            let v = v.unwrap_or(d);
-            if v >= 1 && v <= limits.max_steps {
-                Ok(v)
-            } else {
-                Err(invalid(
-                    field,
-                    format!("must be in [1, {}], got {v}", limits.max_steps),
-                ))
-            }
-        };
-        let guidance = range_f("guidance_scale", self.guidance_scale, 3.2, 0.0, 30.0)?;
+        area_within(limits, "expected_width", width, height)?;
+        let guidance = finite("guidance_scale", self.guidance_scale, 3.2, 0.0, 30.0)?;
         let params = MultiscaleParams {
             width,
             height,
-            num_frames,
-            downscale_factor: range_f(
+            num_frames: int_in("num_frames", self.num_frames, 96, 1, limits.max_frames)?,
+            downscale_factor: finite(
                 "downscale_factor",
                 self.downscale_factor,
                 2.0 / 3.0,
                 1e-3,
                 1.0,
             )?,
-            steps_lowres: steps("steps_lowres", self.steps_lowres, 40)?,
-            steps_refine: steps("steps_refine", self.steps_refine, 15)?,
-            denoise_strength: range_f("denoise_strength", self.denoise_strength, 0.4, 1e-3, 1.0)?,
-            decode_timestep: range_f("decode_timestep", self.decode_timestep, 0.05, 0.0, 1.0)?,
-            image_cond_noise_scale: range_f(
+            steps_lowres: steps_in(limits, "steps_lowres", self.steps_lowres, 40)?,
+            steps_refine: steps_in(limits, "steps_refine", self.steps_refine, 15)?,
+            denoise_strength: finite("denoise_strength", self.denoise_strength, 0.4, 1e-3, 1.0)?,
+            decode_timestep: finite("decode_timestep", self.decode_timestep, 0.05, 0.0, 1.0)?,
+            image_cond_noise_scale: finite(
                 "image_cond_noise_scale",
                 self.image_cond_noise_scale,
                 0.025,
                 0.0,
                 1.0,
             )?,
+            // As the replaced service: not passed to the pipeline, whose default applies.
             guidance_scale: 3.0,
             frame_rate: 25.0,
         };
-        let fps = range_f("fps", self.fps, 30.0, 1.0, 120.0)?;
-        params
-            .validate()
-            .map_err(|e| invalid("body", e.to_string()))?;
+        let fps = finite("fps", self.fps, 30.0, 1.0, 120.0)?;
         let mut warnings = Vec::new();
-        if params.output_frames() != num_frames {
-            warnings.push(format!(
-                "{num_frames} frames requested; the model makes 8k+1, so the video has {} (as diffusers)",
-                params.output_frames()
-            ));
-        }
         if guidance != 3.0 {
             warnings.push(format!(
                 "guidance_scale {guidance} is accepted and not used, as in the replaced service: diffusers' default 3 applies"
@@ -253,20 +183,12 @@ impl ServiceI2vRequest {
         }
         let request = MultiscaleRequest {
             prompt: self.prompt,
-            negative_prompt: self
-                .negative_prompt
-                .unwrap_or_else(|| DEFAULT_NEGATIVE.to_string()),
+            negative_prompt: negative,
             seed: self.seed.unwrap_or(0),
             compress_condition,
             params,
         };
-        let _ = self.image;
-        Ok(Work {
-            image,
-            kind: WorkKind::Multiscale(Box::new(request)),
-            fps,
-            warnings,
-        })
+        multiscale_work(image, request, fps, warnings)
     }
 }
 
