@@ -26,6 +26,10 @@ pub struct ConditionModels<'a> {
     /// Called before a component is used (model offload moves it to the device); None when
     /// the weights stay where they are.
     pub enter: Option<&'a dyn Fn(Component) -> Result<()>>,
+    /// Decode the video in tiles (None: at once, as diffusers without `enable_tiling()`).
+    pub vae_tiling: Option<&'a crate::tiled_decode::TileConfig>,
+    /// The CUDA kernels for the tiled decode's accumulation.
+    pub kernels: Option<&'a ltx_gpu::kernels::KernelRegistry>,
 }
 
 impl ConditionModels<'_> {
@@ -469,7 +473,10 @@ pub fn generate(
     } else {
         None
     };
-    let video = vae.decode(&z, temb.as_ref())?;
+    let video = match m.vae_tiling {
+        Some(cfg) => crate::tiled_decode::decode_tiled(vae, &z, temb.as_ref(), cfg, m.kernels)?,
+        None => vae.decode(&z, temb.as_ref())?,
+    };
     let frames = (video.f_to_kind(Kind::Float)? * 0.5 + 0.5).f_clamp(0.0, 1.0)?;
     Ok(frames
         .f_select(0, 0)?

@@ -204,7 +204,7 @@ pub struct LtxI2vPipeline {
     /// Offload modes: where the weights are, switched per stage.
     memory: Option<Mutex<Memory>>,
     /// Tiled VAE decoding (None: the whole video at once).
-    vae_tiling: Option<TileConfig>,
+    pub(crate) vae_tiling: Option<TileConfig>,
     /// The CUDA kernels' registry for tiled decoding, made on first use.
     registry: std::sync::OnceLock<Option<ltx_gpu::kernels::KernelRegistry>>,
 }
@@ -375,7 +375,7 @@ impl LtxI2vPipeline {
 
     /// The kernel registry of the pipeline's CUDA device (None on the CPU, or when the kernels
     /// cannot load — tiled decoding then accumulates with tch ops).
-    fn kernels(&self) -> Option<&ltx_gpu::kernels::KernelRegistry> {
+    pub(crate) fn kernels(&self) -> Option<&ltx_gpu::kernels::KernelRegistry> {
         self.registry
             .get_or_init(|| match self.opts.device {
                 Device::Cuda(i) => ltx_gpu::cuda::open(i)

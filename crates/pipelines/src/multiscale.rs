@@ -362,6 +362,8 @@ impl crate::LtxI2vPipeline {
                 vae: &self.vae,
                 scheduler: &self.scheduler,
                 enter: Some(&enter),
+                vae_tiling: self.vae_tiling.as_ref(),
+                kernels: self.kernels(),
             };
             ltx_gpu::manual_seed(r.seed as i64);
             generate_multiscale(

@@ -75,6 +75,8 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
         vae: &m.vae,
         scheduler: &m.scheduler,
         enter: None,
+        vae_tiling: None,
+        kernels: None,
     };
     let prompt = PromptEmbeds {
         embeds: r["prompt_embeds"].shallow_clone(),
@@ -193,6 +195,8 @@ fn bad_inputs_are_clear_errors() {
         vae: &m.vae,
         scheduler: &m.scheduler,
         enter: None,
+        vae_tiling: None,
+        kernels: None,
     };
     let prompt = PromptEmbeds {
         embeds: Tensor::zeros([1, 4, 32], (Kind::Float, Device::Cpu)),

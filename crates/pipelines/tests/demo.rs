@@ -359,6 +359,19 @@ fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_reside
         .unwrap();
     let (c, _) = run(&placed);
     assert!(a.equal(&c), "model offload changed the video");
+    // VAE tiling applies to the flow's decode too (the residency manager may turn it on).
+    let mut tiled = demo_pipeline(opts, 128).unwrap();
+    tiled
+        .set_vae_tiling(Some(small_tiles(TilingMode::Weighted)))
+        .unwrap();
+    let (t, _) = run(&tiled);
+    assert_eq!(t.size(), a.size());
+    assert!(!t.equal(&a), "the tiled decode did not run");
+    let mean_diff = (t.to_kind(Kind::Float) - a.to_kind(Kind::Float))
+        .abs()
+        .mean(Kind::Float)
+        .double_value(&[]);
+    assert!(mean_diff < 40.0, "tiled decode far from untiled: {mean_diff}");
     // Cancelling stops the flow with the cancellation, not a video.
     let e = resident
         .generate_multiscale(&upsampler, &image, &r, &mut |_| {}, &|| true)

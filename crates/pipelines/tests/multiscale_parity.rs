@@ -44,6 +44,8 @@ fn the_multiscale_flow_equals_diffusers() {
         vae: &vae,
         scheduler: &scheduler,
         enter: None,
+        vae_tiling: None,
+        kernels: None,
     };
     let prompt = PromptEmbeds {
         embeds: r["prompt_embeds"].shallow_clone(),
