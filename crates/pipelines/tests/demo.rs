@@ -371,7 +371,10 @@ fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_reside
         .abs()
         .mean(Kind::Float)
         .double_value(&[]);
-    assert!(mean_diff < 40.0, "tiled decode far from untiled: {mean_diff}");
+    assert!(
+        mean_diff < 40.0,
+        "tiled decode far from untiled: {mean_diff}"
+    );
     // Cancelling stops the flow with the cancellation, not a video.
     let e = resident
         .generate_multiscale(&upsampler, &image, &r, &mut |_| {}, &|| true)
