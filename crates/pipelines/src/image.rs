@@ -77,6 +77,27 @@ fn clip8(v: i64) -> u8 {
 }
 
 impl RgbImage {
+    /// The image as model pixels `[1, 3, H, W]` in [-1, 1] at `(width, height)`: Pillow's
+    /// Lanczos stretch (no crop), then `x/255·2 − 1` in float32, as diffusers' video
+    /// processor preprocesses images and video frames; then `kind` on `device`.
+    pub fn to_pixels(
+        &self,
+        width: i64,
+        height: i64,
+        kind: tch::Kind,
+        device: tch::Device,
+    ) -> Result<tch::Tensor, tch::TchError> {
+        let img = self.resize_lanczos(width as usize, height as usize);
+        let t = tch::Tensor::from_slice(&img.data)
+            .f_reshape([height, width, 3])?
+            .f_permute([2, 0, 1])?
+            .f_unsqueeze(0)?
+            .f_to_kind(tch::Kind::Float)?;
+        ((t / 255.0) * 2.0 - 1.0)
+            .f_to_device(device)?
+            .f_to_kind(kind)
+    }
+
     /// `PIL.Image.resize((width, height), Image.LANCZOS)`.
     pub fn resize_lanczos(&self, width: usize, height: usize) -> RgbImage {
         if width == self.width && height == self.height {

@@ -49,14 +49,7 @@ pub fn upsample_latents(
     let scaling = vae.config().scaling_factor;
     tch::no_grad(|| {
         let x = latents.f_to_kind(Kind::Float)?;
-        // Own copies on the run's device: the VAE's tensors may be host copies (offloaded) now.
-        let stat = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.f_view([1, -1, 1, 1, 1])?
-                .f_to_kind(Kind::Float)?
-                .f_to_device(latents.device())?
-                .f_detach_copy()?)
-        };
-        let (mean, std) = (stat(&vae.latents_mean)?, stat(&vae.latents_std)?);
+        let (mean, std) = vae.latent_stats(latents.device())?;
         let x = (x * &std / scaling + &mean).f_to_kind(dtype)?;
         let mut y = upsampler.forward(&x)?;
         if p.adain_factor > 0.0 {

@@ -32,7 +32,23 @@ pub struct ConditionModels<'a> {
     pub kernels: Option<&'a ltx_gpu::kernels::KernelRegistry>,
 }
 
-impl ConditionModels<'_> {
+impl<'a> ConditionModels<'a> {
+    /// The models as they are: no offload hook, no tiled decode.
+    pub fn new(
+        transformer: &'a LtxTransformer,
+        vae: &'a LtxVae,
+        scheduler: &'a FlowMatchConfig,
+    ) -> Self {
+        Self {
+            transformer,
+            vae,
+            scheduler,
+            enter: None,
+            vae_tiling: None,
+            kernels: None,
+        }
+    }
+
     fn enter(&self, c: Component) -> Result<()> {
         self.enter.map_or(Ok(()), |f| f(c))
     }
@@ -290,14 +306,7 @@ pub fn generate(
         }
         _ => noise,
     };
-    // Own copies on the run's device: the VAE's tensors may be host copies (offloaded) now.
-    let stat = |t: &Tensor| -> Result<Tensor> {
-        Ok(t.f_view([1, -1, 1, 1, 1])?
-            .f_to_kind(Kind::Float)?
-            .f_to_device(dev)?
-            .f_detach_copy()?)
-    };
-    let (mean, std) = (stat(&vae.latents_mean)?, stat(&vae.latents_std)?);
+    let (mean, std) = vae.latent_stats(dev)?;
     let conditioned = !conditions.is_empty();
     let frame_mask = Tensor::f_zeros([1, f], (Kind::Float, dev))?;
     let (mut extra, mut extra_ids, mut extra_mask) = (Vec::new(), Vec::new(), Vec::new());

@@ -46,13 +46,6 @@ fn component_sizes(p: &ComponentParams) -> ComponentSizes {
     }
 }
 
-/// A copy with its own storage (not a view of a weight).
-fn owned(t: &Tensor) -> Result<Tensor> {
-    let mut o = t.f_empty_like()?;
-    o.f_copy_(t)?;
-    Ok(o)
-}
-
 /// One generation's settings (diffusers' argument names and defaults).
 #[derive(Debug, Clone)]
 pub struct I2vParams {
@@ -565,19 +558,6 @@ impl LtxI2vPipeline {
         ))
     }
 
-    /// `[1, 3, H, W]` in [-1, 1] from an RGB image, resized like PIL.
-    fn preprocess(&self, image: &RgbImage, p: &I2vParams) -> Result<Tensor> {
-        let img = image.resize_lanczos(p.width as usize, p.height as usize);
-        let t = Tensor::from_slice(&img.data)
-            .f_reshape([p.height, p.width, 3])?
-            .f_permute([2, 0, 1])?
-            .f_unsqueeze(0)?
-            .f_to_kind(Kind::Float)?;
-        Ok(((t / 255.0) * 2.0 - 1.0)
-            .f_to_device(self.opts.device)?
-            .f_to_kind(self.opts.dtype)?)
-    }
-
     /// `randn` drawn on the CPU from the global generator, then moved (diffusers' CPU generator).
     fn randn(&self, shape: &[i64], kind: Kind) -> Result<Tensor> {
         Ok(Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(self.opts.device)?)
@@ -664,14 +644,15 @@ impl LtxI2vPipeline {
         progress(Progress::EncodingImage)?;
         self.enter(Component::Vae)?;
         ltx_gpu::manual_seed(p.seed as i64);
-        let posterior = self
-            .vae
-            .encode(&self.preprocess(image, p)?.f_unsqueeze(2)?)?;
+        let posterior = self.vae.encode(
+            &image
+                .to_pixels(p.width, p.height, self.opts.dtype, dev)?
+                .f_unsqueeze(2)?,
+        )?;
         let sample = &posterior.mean
             + posterior.std()? * self.randn(&posterior.mean.size(), posterior.mean.kind())?;
         // Copies, not views: a view would keep the VAE's device copy alive while it is offloaded.
-        let mean = owned(&self.vae.latents_mean.f_view([1, -1, 1, 1, 1])?)?;
-        let std = owned(&self.vae.latents_std.f_view([1, -1, 1, 1, 1])?)?;
+        let (mean, std) = self.vae.latent_stats(dev)?;
         let init = ((sample.f_to_kind(Kind::Float)? - &mean) * vcfg.scaling_factor / &std)
             .f_repeat([1, 1, f, 1, 1])?;
         let mask = Tensor::f_zeros([1, 1, f, h, w], (Kind::Float, dev))?;

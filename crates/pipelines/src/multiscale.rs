@@ -139,27 +139,6 @@ impl MultiscaleParams {
     }
 }
 
-/// The condition image as `[1, 3, 1, H, W]` in [-1, 1] at `(w, h)`: Pillow's Lanczos stretch
-/// (no crop), `x/255·2 − 1`, as diffusers' `VideoProcessor.preprocess_video`.
-fn condition_pixels(
-    image: &RgbImage,
-    w: i64,
-    h: i64,
-    kind: Kind,
-    dev: tch::Device,
-) -> Result<Tensor> {
-    let img = image.resize_lanczos(w as usize, h as usize);
-    let t = Tensor::from_slice(&img.data)
-        .f_reshape([h, w, 3])?
-        .f_permute([2, 0, 1])?
-        .f_unsqueeze(0)?
-        .f_unsqueeze(2)?
-        .f_to_kind(Kind::Float)?;
-    Ok(((t / 255.0) * 2.0 - 1.0)
-        .f_to_device(dev)?
-        .f_to_kind(kind)?)
-}
-
 /// Runs the flow on a condition image (already through the H.264 round trip when that is
 /// wanted) and returns uint8 frames `[F, height, width, 3]`: the decoded frames rounded to
 /// uint8 (diffusers' `output_type="pil"`), then Lanczos-resized to the requested size.
@@ -186,7 +165,8 @@ pub fn generate_multiscale(
     };
     let cond = |w, h| -> Result<Vec<Condition>> {
         Ok(vec![Condition {
-            video: condition_pixels(image, w, h, kind, dev)?,
+            // [1, 3, 1, H, W]: a one-frame video, as diffusers' preprocess_video makes it.
+            video: image.to_pixels(w, h, kind, dev)?.f_unsqueeze(2)?,
             frame_index: 0,
             strength: 1.0,
         }])
@@ -358,12 +338,10 @@ impl crate::LtxI2vPipeline {
             let (prompt, negative) = condition_prompts(self, &r.prompt, &r.negative_prompt, cfg)?;
             let enter = |c| self.enter(c);
             let m = ConditionModels {
-                transformer: &self.transformer,
-                vae: &self.vae,
-                scheduler: &self.scheduler,
                 enter: Some(&enter),
                 vae_tiling: self.vae_tiling.as_ref(),
                 kernels: self.kernels(),
+                ..ConditionModels::new(&self.transformer, &self.vae, &self.scheduler)
             };
             ltx_gpu::manual_seed(r.seed as i64);
             generate_multiscale(

@@ -70,14 +70,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
     let r = common::refs("condition_pipeline.safetensors");
     let meta = common::json("condition_pipeline.json");
     let m = models();
-    let cm = ConditionModels {
-        transformer: &m.transformer,
-        vae: &m.vae,
-        scheduler: &m.scheduler,
-        enter: None,
-        vae_tiling: None,
-        kernels: None,
-    };
+    let cm = ConditionModels::new(&m.transformer, &m.vae, &m.scheduler);
     let prompt = PromptEmbeds {
         embeds: r["prompt_embeds"].shallow_clone(),
         mask: r["prompt_mask"].shallow_clone(),
@@ -190,14 +183,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
 fn bad_inputs_are_clear_errors() {
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let m = models();
-    let cm = ConditionModels {
-        transformer: &m.transformer,
-        vae: &m.vae,
-        scheduler: &m.scheduler,
-        enter: None,
-        vae_tiling: None,
-        kernels: None,
-    };
+    let cm = ConditionModels::new(&m.transformer, &m.vae, &m.scheduler);
     let prompt = PromptEmbeds {
         embeds: Tensor::zeros([1, 4, 32], (Kind::Float, Device::Cpu)),
         mask: Tensor::ones([1, 4], (Kind::Float, Device::Cpu)),

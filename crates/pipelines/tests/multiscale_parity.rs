@@ -39,14 +39,7 @@ fn the_multiscale_flow_equals_diffusers() {
         Device::Cpu,
     )
     .unwrap();
-    let m = ConditionModels {
-        transformer: &transformer,
-        vae: &vae,
-        scheduler: &scheduler,
-        enter: None,
-        vae_tiling: None,
-        kernels: None,
-    };
+    let m = ConditionModels::new(&transformer, &vae, &scheduler);
     let prompt = PromptEmbeds {
         embeds: r["prompt_embeds"].shallow_clone(),
         mask: r["prompt_mask"].shallow_clone(),

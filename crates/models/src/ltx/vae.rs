@@ -840,6 +840,19 @@ impl LtxVae {
         &self.cfg
     }
 
+    /// `latents_mean` and `latents_std` as float32 `[1, C, 1, 1, 1]` on `device`, copies with
+    /// their own storage: the VAE's tensors may be host copies of an offloaded model now, and a
+    /// view would keep a device copy alive after the VAE is offloaded.
+    pub fn latent_stats(&self, device: tch::Device) -> Result<(Tensor, Tensor)> {
+        let stat = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.f_view([1, -1, 1, 1, 1])?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(device)?
+                .f_detach_copy()?)
+        };
+        Ok((stat(&self.latents_mean)?, stat(&self.latents_std)?))
+    }
+
     /// Encodes `[B, 3, F, H, W]` in [-1, 1] (F = 8k+1, H and W multiples of 32).
     pub fn encode(&self, video: &Tensor) -> Result<Posterior> {
         let h = self.encoder.forward(video)?;
