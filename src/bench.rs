@@ -211,8 +211,8 @@ fn multiscale_side(dir: &Path, b: &PipelineBench) -> anyhow::Result<Value> {
         device: Device::Cpu,
         dtype: Kind::Float,
     };
-    let pipe = LtxI2vPipeline::load(dir, opts, 128)?;
-    let (upsampler, _) = ltx_models::ltx::upsampler::open_upsampler(dir, opts.dtype, opts.device)?;
+    let mut pipe = LtxI2vPipeline::load(dir, opts, 128)?;
+    pipe.load_upsampler(dir)?;
     let image = RgbImage {
         width: b.width as usize,
         height: b.height as usize,
@@ -239,7 +239,6 @@ fn multiscale_side(dir: &Path, b: &PipelineBench) -> anyhow::Result<Value> {
         let start = Instant::now();
         let mut marks: Vec<(MultiscaleStage, f64)> = Vec::new();
         let _frames = pipe.generate_multiscale(
-            &upsampler,
             &image,
             &request,
             &mut |s| marks.push((s, start.elapsed().as_secs_f64())),

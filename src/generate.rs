@@ -407,15 +407,11 @@ fn run_multiscale(args: GenerateArgs, seed: u64) -> anyhow::Result<()> {
         );
     }
     let start = Instant::now();
-    let pipe = load_pipeline(&args, ltx_pipelines::multiscale::CONDITION_TOKENS)?;
-    let opts = ltx_pipelines::LoadOptions {
-        device: pipe.device(),
-        dtype: pipe.dtype(),
-    };
-    let upsampler = match &upsampler {
-        Some(path) => ltx_models::ltx::upsampler::open_upsampler(path, opts.dtype, opts.device)?.0,
-        None => ltx_pipelines::demo::demo_upsampler(opts)?,
-    };
+    let mut pipe = load_pipeline(&args, ltx_pipelines::multiscale::CONDITION_TOKENS)?;
+    match &upsampler {
+        Some(path) => pipe.load_upsampler(path)?,
+        None => ltx_pipelines::demo::attach_demo_upsampler(&mut pipe)?,
+    }
     let loaded = start.elapsed();
     let request = MultiscaleRequest {
         prompt: args.prompt.clone(),
@@ -446,7 +442,7 @@ fn run_multiscale(args: GenerateArgs, seed: u64) -> anyhow::Result<()> {
             },
         )
     };
-    let frames = pipe.generate_multiscale(&upsampler, &image, &request, &mut report, &|| false)?;
+    let frames = pipe.generate_multiscale(&image, &request, &mut report, &|| false)?;
     if tty {
         eprintln!();
     }

@@ -15,7 +15,10 @@
 //! - VAE decode: `4 · C·F·H·W · e` at the decoder's widest stage after upsampling — the
 //!   output-resolution stage with the last channel count (`decoder_block_out_channels[0]`),
 //!   four tensors alive around a residual block — plus the output video in float32; tiled,
-//!   the same for one tile plus the float32 canvas, weight sum and output (`7·F·H·W·4`).
+//!   the same for one tile plus the float32 canvas, weight sum and output (`7·F·H·W·4`);
+//! - latent upsample (multi-scale flow): `4 · M·F·(2h)·(2w)·e`, four tensors of the
+//!   upsampler's mid channels M at the doubled latent size (the pixel-shuffle input at the low
+//!   size is as large) — with the upsampler's weights alone in `model`/`sequential`.
 //!
 //! The factors are from the structure of the computation; `ltx-i2v bench offload` prints the
 //! transformer estimate beside the measured peak so they can be checked on a GPU.
@@ -30,6 +33,8 @@ pub struct Workload {
     pub text_activations: u64,
     pub transformer_activations: u64,
     pub decode_activations: u64,
+    /// The multi-scale flow's latent upsample (0 for other flows).
+    pub upsample_activations: u64,
 }
 
 /// Weight bytes of each component and of their streaming parts.
@@ -38,6 +43,9 @@ pub struct ComponentSizes {
     pub text_encoder: u64,
     pub transformer: u64,
     pub vae: u64,
+    /// The latent upsampler, when one is attached (model-offloaded in `model` and
+    /// `sequential`, resident with the rest in `none`).
+    pub upsampler: u64,
     /// Sequential mode: the transformer's always-resident remainder and largest unit.
     pub transformer_remainder: u64,
     pub transformer_max_unit: u64,
@@ -85,6 +93,7 @@ impl Workload {
             text_activations: text,
             transformer_activations: tr,
             decode_activations: decode,
+            upsample_activations: 0,
         }
     }
 }
@@ -92,21 +101,28 @@ impl Workload {
 /// Peak device bytes of a generation in `mode` with prefetch `k`.
 pub fn estimate_peak(w: &Workload, c: &ComponentSizes, mode: OffloadMode, k: usize) -> u64 {
     let slots = k as u64 + 1;
-    let (text_w, tr_w, vae_w) = match mode {
+    let (text_w, tr_w, vae_w, up_w) = match mode {
         OffloadMode::None => {
-            let all = c.text_encoder + c.transformer + c.vae;
-            (all, all, all)
+            let all = c.text_encoder + c.transformer + c.vae + c.upsampler;
+            (all, all, all, all)
         }
-        OffloadMode::Model => (c.text_encoder, c.transformer, c.vae),
+        OffloadMode::Model => (c.text_encoder, c.transformer, c.vae, c.upsampler),
         OffloadMode::Sequential => (
             c.text_remainder + slots * c.text_max_unit,
             c.transformer_remainder + slots * c.transformer_max_unit,
             c.vae,
+            c.upsampler,
         ),
+    };
+    let upsample = if w.upsample_activations > 0 {
+        up_w + w.upsample_activations
+    } else {
+        0
     };
     (text_w + w.text_activations)
         .max(tr_w + w.transformer_activations)
         .max(vae_w + w.decode_activations)
+        .max(upsample)
 }
 
 /// The modes from the most to the least device memory, with sequential's prefetch depths.
@@ -313,6 +329,7 @@ mod tests {
             text_encoder: 9_500_000_000,
             transformer: 3_800_000_000,
             vae: 800_000_000,
+            upsampler: 0,
             transformer_remainder: 100_000_000,
             transformer_max_unit: 132_000_000,
             text_remainder: 260_000_000,
@@ -376,6 +393,34 @@ mod tests {
         assert_eq!(
             w.transformer_activations,
             14 * 2 * 6144 * 2048 * 2 + 6144 * 2048 * 4
+        );
+    }
+
+    #[test]
+    fn the_upsampler_counts_resident_and_alone_when_offloaded() {
+        let w = Workload::of(&shape());
+        let c = ComponentSizes {
+            upsampler: 250_000_000,
+            ..sizes()
+        };
+        // Without an upsample stage the upsampler is still resident in `none`.
+        let none = estimate_peak(&w, &c, OffloadMode::None, 2);
+        assert_eq!(
+            none,
+            estimate_peak(&w, &sizes(), OffloadMode::None, 2) + c.upsampler
+        );
+        // A huge upsample alone dominates, with the upsampler's weights alone when offloaded.
+        let up = Workload {
+            upsample_activations: 50_000_000_000,
+            ..w
+        };
+        assert_eq!(
+            estimate_peak(&up, &c, OffloadMode::Model, 2),
+            c.upsampler + up.upsample_activations
+        );
+        assert_eq!(
+            estimate_peak(&up, &c, OffloadMode::None, 2),
+            c.text_encoder + c.transformer + c.vae + c.upsampler + up.upsample_activations
         );
     }
 

@@ -68,8 +68,9 @@ fn scheduler() -> FlowMatchConfig {
 }
 
 /// A tiny latent upsampler for the demo model's 16 latent channels (random weights), so the
-/// multi-scale flow and `POST /i2v` run without a download.
-pub fn demo_upsampler(opts: LoadOptions) -> Result<ltx_models::ltx::LtxLatentUpsampler> {
+/// multi-scale flow and `POST /i2v` run without a download. Returns the model and its
+/// parameter handles (for [`crate::LtxI2vPipeline::set_upsampler`]).
+pub fn demo_upsampler(opts: LoadOptions) -> Result<Upsampler> {
     ltx_gpu::manual_seed(DEMO_SEED + 1);
     let cfg = ltx_models::ltx::LtxUpsamplerConfig {
         in_channels: vae().latent_channels,
@@ -80,19 +81,35 @@ pub fn demo_upsampler(opts: LoadOptions) -> Result<ltx_models::ltx::LtxLatentUps
     random_upsampler(cfg, opts, None)
 }
 
+/// Attaches [`demo_upsampler`] to `pipe` (placed as its memory mode places components).
+pub fn attach_demo_upsampler(pipe: &mut LtxI2vPipeline) -> Result<()> {
+    let (up, params) = demo_upsampler(LoadOptions {
+        device: pipe.device(),
+        dtype: pipe.dtype(),
+    })?;
+    pipe.set_upsampler(up, params)
+}
+
 /// A latent upsampler of `cfg`'s shape with random weights from torch's global generator
-/// (drawn on `generate_on` when given).
+/// (drawn on `generate_on` when given), with its parameter handles.
 pub fn random_upsampler(
     cfg: ltx_models::ltx::LtxUpsamplerConfig,
     opts: LoadOptions,
     generate_on: Option<Device>,
-) -> Result<ltx_models::ltx::LtxLatentUpsampler> {
+) -> Result<Upsampler> {
     let store = match generate_on {
         Some(g) => WeightStore::random_generated_on(opts.dtype, opts.device, g),
         None => WeightStore::random(opts.dtype, opts.device),
     };
-    tch::no_grad(|| ltx_models::ltx::LtxLatentUpsampler::new(&store.root(), cfg))
+    let model = tch::no_grad(|| ltx_models::ltx::LtxLatentUpsampler::new(&store.root(), cfg))?;
+    Ok((model, store.take_params()))
 }
+
+/// A latent upsampler and its parameter handles.
+pub type Upsampler = (
+    ltx_models::ltx::LtxLatentUpsampler,
+    Vec<(String, tch::Tensor)>,
+);
 
 /// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).
 pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<LtxI2vPipeline> {

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod multiscale;
 pub mod tiled_decode;
 pub mod video;
+pub mod video_in;
 
 pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};
 pub use ltx_offload::budget::{self, BudgetSpec};

@@ -49,7 +49,7 @@ impl<'a> ConditionModels<'a> {
         }
     }
 
-    fn enter(&self, c: Component) -> Result<()> {
+    pub(crate) fn enter(&self, c: Component) -> Result<()> {
         self.enter.map_or(Ok(()), |f| f(c))
     }
 }

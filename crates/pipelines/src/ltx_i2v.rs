@@ -39,6 +39,7 @@ fn component_sizes(p: &ComponentParams) -> ComponentSizes {
         text_encoder,
         transformer,
         vae,
+        upsampler: 0,
         transformer_remainder,
         transformer_max_unit,
         text_remainder,
@@ -190,12 +191,14 @@ pub struct LtxI2vPipeline {
     pub(crate) scheduler: FlowMatchConfig,
     pub(crate) opts: LoadOptions,
     source: ModelSource,
-    weight_bytes: u64,
+    pub(crate) weight_bytes: u64,
     /// Parameter handles until [`LtxI2vPipeline::place`] takes them.
     params: Option<ComponentParams>,
-    sizes: ComponentSizes,
+    pub(crate) sizes: ComponentSizes,
     /// Offload modes: where the weights are, switched per stage.
-    memory: Option<Mutex<Memory>>,
+    pub(crate) memory: Option<Mutex<Memory>>,
+    /// The multi-scale flow's latent upsampler, once attached (placed by `memory` too).
+    pub(crate) upsampler: Option<ltx_models::ltx::LtxLatentUpsampler>,
     /// Tiled VAE decoding (None: the whole video at once).
     pub(crate) vae_tiling: Option<TileConfig>,
     /// The CUDA kernels' registry for tiled decoding, made on first use.
@@ -346,6 +349,7 @@ impl LtxI2vPipeline {
             sizes: component_sizes(&c.params),
             params: Some(c.params),
             memory: None,
+            upsampler: None,
             vae_tiling: None,
             registry: std::sync::OnceLock::new(),
         }

@@ -41,6 +41,8 @@ pub enum Component {
     TextEncoder,
     Transformer,
     Vae,
+    /// The multi-scale flow's latent upsampler, once attached.
+    Upsampler,
 }
 
 enum Placement {
@@ -54,6 +56,8 @@ pub struct Memory {
     text: Placement,
     transformer: Placement,
     vae: Placement,
+    upsampler: Option<Placement>,
+    device: Device,
     active: Option<Component>,
 }
 
@@ -152,18 +156,39 @@ impl Memory {
                 text,
                 transformer,
                 vae: model(params.vae)?,
+                upsampler: None,
+                device,
                 active: None,
             },
             streamers,
         ))
     }
 
-    fn placement(&mut self, c: Component) -> &mut Placement {
-        match c {
+    fn placement(&mut self, c: Component) -> Result<&mut Placement> {
+        Ok(match c {
             Component::TextEncoder => &mut self.text,
             Component::Transformer => &mut self.transformer,
             Component::Vae => &mut self.vae,
+            Component::Upsampler => self.upsampler.as_mut().ok_or_else(|| {
+                ltx_models::ModelError::Memory("no latent upsampler is attached".into())
+            })?,
+        })
+    }
+
+    /// Model-offloads the latent upsampler's weights (`params`, wherever they are now) like
+    /// the other components: host master copies, on the device only while it upsamples. A
+    /// previously attached upsampler is dropped.
+    pub fn add_upsampler(&mut self, params: Vec<(String, Tensor)>) -> Result<()> {
+        if self.active == Some(Component::Upsampler) {
+            self.idle()?;
         }
+        self.upsampler = Some(Placement::Model(OffloadedWeights::new(
+            params,
+            |_| None,
+            self.device,
+            CHUNK_BYTES,
+        )?));
+        Ok(())
     }
 
     /// Makes `c` usable on the device: the component that was active leaves first, so two
@@ -173,9 +198,9 @@ impl Memory {
             return Ok(());
         }
         if let Some(prev) = self.active.take() {
-            self.placement(prev).leave()?;
+            self.placement(prev)?.leave()?;
         }
-        self.placement(c).enter()?;
+        self.placement(c)?.enter()?;
         self.active = Some(c);
         Ok(())
     }
@@ -183,13 +208,16 @@ impl Memory {
     /// Offloads whatever is active (after a generation).
     pub fn idle(&mut self) -> Result<()> {
         if let Some(prev) = self.active.take() {
-            self.placement(prev).leave()?;
+            self.placement(prev)?.leave()?;
         }
         Ok(())
     }
 
     pub fn report(&self) -> MemoryReport {
-        let all = [&self.text, &self.transformer, &self.vae];
+        let all: Vec<&Placement> = [&self.text, &self.transformer, &self.vae]
+            .into_iter()
+            .chain(self.upsampler.as_ref())
+            .collect();
         MemoryReport {
             mode: Some(self.mode),
             device_bytes: all.iter().map(|p| p.device_bytes()).sum(),

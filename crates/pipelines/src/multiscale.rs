@@ -192,6 +192,7 @@ pub fn generate_multiscale(
         },
     )?;
     progress(MultiscaleStage::Upsampling)?;
+    m.enter(crate::memory::Component::Upsampler)?;
     let up = upsample_latents(upsampler, m.vae, &latents, &UpsampleParams::default())?;
     progress(MultiscaleStage::RefinePass)?;
     let refine = ConditionParams {
@@ -305,19 +306,112 @@ pub struct MultiscaleRequest {
 }
 
 impl crate::LtxI2vPipeline {
-    /// The multi-scale flow on this pipeline's components with `upsampler` (0.9.5+ VAE
-    /// layout): the prompt encoded as the condition pipeline does, the image optionally through
-    /// the H.264 round trip, then [`generate_multiscale`]; components enter the device as the
-    /// memory mode places them. Returns uint8 frames `[F, height, width, 3]`.
+    /// Attaches the flow's latent upsampler (`params`: its parameter handles, as
+    /// `open_upsampler` returns them). Without a memory mode it must be on the pipeline's
+    /// device and stays resident; in `model` and `sequential` mode its weights move to host
+    /// memory (pinned for CUDA) and onto the device only while it upsamples, like every
+    /// model-offloaded component. A previous upsampler is dropped.
+    pub fn set_upsampler(
+        &mut self,
+        upsampler: LtxLatentUpsampler,
+        params: Vec<(String, Tensor)>,
+    ) -> Result<()> {
+        let (bytes, _, _) = ltx_offload::weights::group_sizes(&params, |_| None);
+        match &self.memory {
+            Some(m) => m
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_upsampler(params)?,
+            None => {
+                if let Some((name, t)) = params.iter().find(|(_, t)| t.device() != self.opts.device)
+                {
+                    return Err(ModelError::Memory(format!(
+                        "the upsampler's {name} is on {:?}, the pipeline on {:?}",
+                        t.device(),
+                        self.opts.device
+                    )));
+                }
+            }
+        }
+        self.weight_bytes = self.weight_bytes - self.sizes.upsampler + bytes;
+        self.sizes.upsampler = bytes;
+        self.upsampler = Some(upsampler);
+        Ok(())
+    }
+
+    /// Opens a latent upsampler (a folder or an original `.safetensors` file, see
+    /// `open_upsampler`) for this pipeline and attaches it: read onto the host when a memory
+    /// mode will place it, else onto the pipeline's device.
+    pub fn load_upsampler(&mut self, path: &std::path::Path) -> Result<()> {
+        let device = if self.memory.is_some() {
+            tch::Device::Cpu
+        } else {
+            self.opts.device
+        };
+        let (up, params) =
+            ltx_models::ltx::upsampler::open_upsampler(path, self.opts.dtype, device)?;
+        self.set_upsampler(up, params)
+    }
+
+    pub fn has_upsampler(&self) -> bool {
+        self.upsampler.is_some()
+    }
+
+    /// The device memory a multi-scale generation needs besides weights: the larger of the two
+    /// passes per stage (the refine pass, at twice the first pass's size, in practice), 256-token
+    /// prompts, the decode at the refine size, and the latent upsample (see
+    /// [`ltx_offload::budget`]).
+    pub fn multiscale_workload(
+        &self,
+        p: &MultiscaleParams,
+    ) -> Result<ltx_offload::budget::Workload> {
+        let ((w1, h1), (w2, h2)) = p.pass_sizes()?;
+        let pass = |width, height| crate::I2vParams {
+            width,
+            height,
+            num_frames: p.output_frames(),
+            steps: 1,
+            guidance_scale: p.guidance_scale,
+            max_sequence_length: CONDITION_TOKENS,
+            ..crate::I2vParams::default()
+        };
+        let (low, refine) = (self.workload(&pass(w1, h1)), self.workload(&pass(w2, h2)));
+        let vcfg = self.vae.config();
+        let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
+        let latent_frames = ((p.output_frames() - 1) / tr + 1) as u64;
+        let mid = self.upsampler.as_ref().map_or(
+            ltx_models::ltx::LtxUpsamplerConfig::default().mid_channels,
+            |u| u.config().mid_channels,
+        ) as u64;
+        let up_pixels = latent_frames * (2 * (h1 / sr) as u64) * (2 * (w1 / sr) as u64);
+        Ok(ltx_offload::budget::Workload {
+            text_activations: low.text_activations.max(refine.text_activations),
+            transformer_activations: low
+                .transformer_activations
+                .max(refine.transformer_activations),
+            decode_activations: refine.decode_activations,
+            upsample_activations: 4 * mid * up_pixels * self.opts.dtype.elt_size_in_bytes() as u64,
+        })
+    }
+
+    /// The multi-scale flow on this pipeline's components and its attached upsampler
+    /// ([`crate::LtxI2vPipeline::set_upsampler`]; 0.9.5+ VAE layout): the prompt encoded as
+    /// the condition pipeline does, the image optionally through the H.264 round trip, then
+    /// [`generate_multiscale`]; components enter the device as the memory mode places them.
+    /// Returns uint8 frames `[F, height, width, 3]`.
     pub fn generate_multiscale(
         &self,
-        upsampler: &LtxLatentUpsampler,
         image: &RgbImage,
         r: &MultiscaleRequest,
         progress: &mut dyn FnMut(MultiscaleStage),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
         r.params.validate()?;
+        let upsampler = self.upsampler.as_ref().ok_or_else(|| {
+            ModelError::UnsupportedConfig(
+                "the multi-scale flow needs a latent upsampler; none is attached".into(),
+            )
+        })?;
         let mut report = |s: MultiscaleStage| -> Result<()> {
             if cancelled() {
                 return Err(ModelError::Cancelled);

@@ -84,6 +84,9 @@ pub enum VideoError {
     Fps { fps: f64 },
     #[error("H.264 encoder: {0}")]
     Encoder(String),
+    /// Reading a video given as input (see `video_in`).
+    #[error("reading a video: {0}")]
+    Read(String),
     #[error("MP4 muxer, writing {}: {source}", path.display())]
     Mux {
         path: PathBuf,

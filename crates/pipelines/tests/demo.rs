@@ -301,7 +301,7 @@ fn the_uint8_output_is_the_bytes_of_the_float_output() {
 
 #[test]
 fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_resident() {
-    use ltx_pipelines::demo::demo_upsampler;
+    use ltx_pipelines::demo::attach_demo_upsampler;
     use ltx_pipelines::multiscale::{MultiscaleParams, MultiscaleRequest, MultiscaleStage};
     use ltx_pipelines::{MemoryOptions, OffloadMode};
     let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
@@ -325,15 +325,24 @@ fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_reside
             ..MultiscaleParams::default()
         },
     };
-    let upsampler = demo_upsampler(opts).unwrap();
     let run = |pipe: &ltx_pipelines::LtxI2vPipeline| {
         let mut stages = Vec::new();
         let v = pipe
-            .generate_multiscale(&upsampler, &image, &r, &mut |s| stages.push(s), &|| false)
+            .generate_multiscale(&image, &r, &mut |s| stages.push(s), &|| false)
             .unwrap();
         (v, stages)
     };
-    let resident = demo_pipeline(opts, 128).unwrap();
+    let with_upsampler = |mut p: ltx_pipelines::LtxI2vPipeline| {
+        attach_demo_upsampler(&mut p).unwrap();
+        p
+    };
+    let bare = demo_pipeline(opts, 128).unwrap();
+    let e = bare
+        .generate_multiscale(&image, &r, &mut |_| {}, &|| false)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("needs a latent upsampler"), "{e}");
+    let resident = with_upsampler(bare);
     let (a, stages) = run(&resident);
     // 24 requested frames: (24 − 1)/8 + 1 = 3 latent frames, decoded to 17; any output size.
     assert_eq!(a.size(), [17, 70, 100, 3]);
@@ -347,6 +356,12 @@ fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_reside
     );
     let (b, _) = run(&resident);
     assert!(a.equal(&b), "same seed, different video");
+    // The residency estimate has the upsample stage: 4 tensors of the demo upsampler's 32
+    // mid channels at the doubled pass-1 latent (pass 1 is 64x32 → 2x1 latents → 4x2), 3
+    // latent frames, fp32.
+    let w = resident.multiscale_workload(&r.params).unwrap();
+    assert_eq!(w.upsample_activations, 4 * 32 * 3 * 4 * 2 * 4);
+    assert!(w.decode_activations > 0 && w.transformer_activations > 0);
     let mut placed = demo_pipeline(opts, 128).unwrap();
     placed
         .place(
@@ -357,10 +372,17 @@ fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_reside
             },
         )
         .unwrap();
+    let placed = with_upsampler(placed);
+    // The upsampler is model-offloaded too: in host memory, none of it left on the "device".
+    let before = placed.memory_report();
     let (c, _) = run(&placed);
     assert!(a.equal(&c), "model offload changed the video");
+    let after = placed.memory_report();
+    assert_eq!(after.device_bytes, 0, "weights left on the device");
+    assert_eq!(after.host_bytes, before.host_bytes);
+    assert!(placed.component_sizes().upsampler > 0);
     // VAE tiling applies to the flow's decode too (the residency manager may turn it on).
-    let mut tiled = demo_pipeline(opts, 128).unwrap();
+    let mut tiled = with_upsampler(demo_pipeline(opts, 128).unwrap());
     tiled
         .set_vae_tiling(Some(small_tiles(TilingMode::Weighted)))
         .unwrap();
@@ -377,7 +399,7 @@ fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_reside
     );
     // Cancelling stops the flow with the cancellation, not a video.
     let e = resident
-        .generate_multiscale(&upsampler, &image, &r, &mut |_| {}, &|| true)
+        .generate_multiscale(&image, &r, &mut |_| {}, &|| true)
         .err()
         .unwrap();
     assert!(matches!(e, ltx_models::ModelError::Cancelled), "{e}");

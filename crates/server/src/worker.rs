@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ltx_gpu::device::ResolvedDevice;
-use ltx_models::ltx::LtxLatentUpsampler;
 use ltx_models::ModelError;
 use ltx_pipelines::budget::{self, LadderError};
 use ltx_pipelines::demo::demo_pipeline;
@@ -72,32 +71,21 @@ pub fn spawn(cfg: WorkerConfig, queue_size: usize) -> Result<mpsc::Sender<Comman
 struct Loaded {
     pipe: LtxI2vPipeline,
     mem: MemoryOptions,
-    /// Loaded on the first multi-scale job, on the pipeline's device.
-    upsampler: Option<LtxLatentUpsampler>,
 }
 
-/// Loads the upsampler for `POST /i2v` jobs if it is not loaded yet.
-fn ensure_upsampler(cfg: &WorkerConfig, l: &mut Loaded) -> Result<(), ModelError> {
-    if l.upsampler.is_some() {
+/// Attaches the upsampler for multi-scale jobs if the pipeline has none yet (it is placed by
+/// the pipeline's memory mode, so a re-placed model loads it again).
+fn ensure_upsampler(cfg: &WorkerConfig, pipe: &mut LtxI2vPipeline) -> Result<(), ModelError> {
+    if pipe.has_upsampler() {
         return Ok(());
     }
-    let opts = ltx_pipelines::LoadOptions {
-        device: l.pipe.device(),
-        dtype: l.pipe.dtype(),
-    };
-    let up = match (&cfg.upsampler, &cfg.model) {
-        (Some(path), _) => {
-            ltx_models::ltx::upsampler::open_upsampler(path, opts.dtype, opts.device)?.0
-        }
-        (None, None) => ltx_pipelines::demo::demo_upsampler(opts)?,
-        (None, Some(_)) => {
-            return Err(ModelError::UnsupportedConfig(
-                "the multi-scale flow needs a latent upsampler: set LTX_UPSAMPLER".into(),
-            ))
-        }
-    };
-    l.upsampler = Some(up);
-    Ok(())
+    match (&cfg.upsampler, &cfg.model) {
+        (Some(path), _) => pipe.load_upsampler(path),
+        (None, None) => ltx_pipelines::demo::attach_demo_upsampler(pipe),
+        (None, Some(_)) => Err(ModelError::UnsupportedConfig(
+            "the multi-scale flow needs a latent upsampler: set LTX_UPSAMPLER".into(),
+        )),
+    }
 }
 
 fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
@@ -293,11 +281,7 @@ fn load(
         seconds = secs,
         "LTX-Video loaded"
     );
-    Ok(Loaded {
-        pipe: loaded,
-        mem,
-        upsampler: None,
-    })
+    Ok(Loaded { pipe: loaded, mem })
 }
 
 fn is_out_of_memory(e: &ModelError) -> bool {
@@ -310,8 +294,12 @@ fn is_out_of_memory(e: &ModelError) -> bool {
 fn decide(
     cfg: &WorkerConfig,
     pipe: &mut LtxI2vPipeline,
-    params: &ltx_pipelines::I2vParams,
+    work: &WorkKind,
 ) -> Result<Option<(budget::Decision, bool)>, ModelError> {
+    let workload = |pipe: &LtxI2vPipeline| match work {
+        WorkKind::I2v(p) => Ok(pipe.workload(p)),
+        WorkKind::Multiscale(r) => pipe.multiscale_workload(&r.params),
+    };
     pipe.set_vae_tiling(cfg.tiling_on.then(|| cfg.tiling.clone()))?;
     let ResolvedDevice::Cuda(d) = &cfg.device else {
         return Ok(None);
@@ -323,7 +311,7 @@ fn decide(
     let budget_bytes = cfg.budget.bytes(free as u64, total as u64, reserved);
     let configured = (cfg.memory.mode, cfg.memory.prefetch);
     let d = budget::choose(
-        &pipe.workload(params),
+        &workload(pipe)?,
         &pipe.component_sizes(),
         configured,
         budget_bytes,
@@ -333,33 +321,12 @@ fn decide(
     }
     pipe.set_vae_tiling(Some(cfg.tiling.clone()))?;
     let tiled = budget::choose(
-        &pipe.workload(params),
+        &workload(pipe)?,
         &pipe.component_sizes(),
         configured,
         budget_bytes,
     );
     Ok(Some((tiled, true)))
-}
-
-/// What the residency manager estimates for a multi-scale job: its largest stage, the refine
-/// pass and its decode at twice the first pass's size, with 256-token prompts. (The upsampler,
-/// 0.25 GB at 13B scale in bf16, stays on the device and is not in the estimate.)
-fn multiscale_estimate(
-    r: &ltx_pipelines::multiscale::MultiscaleRequest,
-) -> ltx_pipelines::I2vParams {
-    let p = &r.params;
-    let (width, height) = p
-        .pass_sizes()
-        .map_or((p.width, p.height), |(_, refine)| refine);
-    ltx_pipelines::I2vParams {
-        width,
-        height,
-        num_frames: p.output_frames(),
-        steps: 1,
-        guidance_scale: p.guidance_scale,
-        max_sequence_length: ltx_pipelines::multiscale::CONDITION_TOKENS,
-        ..ltx_pipelines::I2vParams::default()
-    }
 }
 
 /// Where the loaded model's weights are now, into the family report.
@@ -406,12 +373,13 @@ fn run_job(
     // The residency manager (GPU): a job that would not fit runs in a more frugal mode, with
     // tiled decoding if even that would not fit.
     let mut job_tiling = cfg.tiling_on;
-    let estimated = match &work.kind {
-        WorkKind::I2v(p) => p.clone(),
-        WorkKind::Multiscale(r) => multiscale_estimate(r),
-    };
     if let Some(loaded) = pipeline.as_mut() {
-        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, &estimated)? {
+        // A multi-scale job's estimate counts the upsampler, so attach it first.
+        if matches!(work.kind, WorkKind::Multiscale(_)) && !loaded.pipe.has_upsampler() {
+            timer.enter(job, Stage::Loading);
+            ensure_upsampler(cfg, &mut loaded.pipe)?;
+        }
+        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, &work.kind)? {
             job_tiling |= tiling;
             let want = MemoryOptions {
                 mode: d.mode,
@@ -493,14 +461,12 @@ fn run_job(
                         })
                 }
                 WorkKind::Multiscale(r) => {
-                    if loaded.upsampler.is_none() {
+                    // A model re-placed for this job (mode change, out-of-memory retry)
+                    // loads its upsampler again.
+                    if !loaded.pipe.has_upsampler() {
                         timer.enter(job, Stage::Loading);
-                        ensure_upsampler(cfg, loaded)?;
+                        ensure_upsampler(cfg, &mut loaded.pipe)?;
                     }
-                    let up = loaded
-                        .upsampler
-                        .as_ref()
-                        .ok_or_else(|| ModelError::Memory("no upsampler".into()))?;
                     let low = r.params.steps_lowres;
                     let total = work.total_steps();
                     let mut stage = |s: MultiscaleStage| {
@@ -534,9 +500,7 @@ fn run_job(
                     };
                     loaded
                         .pipe
-                        .generate_multiscale(up, &work.image, r, &mut stage, &|| {
-                            job.cancel_requested()
-                        })
+                        .generate_multiscale(&work.image, r, &mut stage, &|| job.cancel_requested())
                 }
             }
         },
