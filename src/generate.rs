@@ -29,124 +29,141 @@ pub enum PipelineKind {
     /// The 0.9.7/0.9.8 multi-scale flow: a low-resolution LTXConditionPipeline pass, the 2×
     /// latent upsampler (--upsampler), a refine pass, a resize to --width x --height.
     Multiscale,
+    /// LTXConditionPipeline once (0.9.5+ models): --image at frame 0 and/or --condition
+    /// images and videos at any frame with a strength.
+    Condition,
 }
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// i2v or multiscale (default: multiscale when --upsampler is given, else i2v).
+    /// i2v, multiscale or condition (default: multiscale when --upsampler is given, else i2v).
     #[arg(long, value_enum)]
-    pipeline: Option<PipelineKind>,
+    pub(crate) pipeline: Option<PipelineKind>,
     /// The latent upsampler for the multi-scale flow: a diffusers folder (or the upscaler
     /// repo with latent_upsampler/), an original .safetensors file, or `demo` (tiny, random).
     #[arg(long, env = "LTX_UPSAMPLER")]
-    upsampler: Option<String>,
+    pub(crate) upsampler: Option<String>,
     /// Multi-scale: the first pass runs at int(size × this), floored to multiples of 32.
     #[arg(long, default_value_t = 2.0 / 3.0)]
-    downscale_factor: f64,
+    pub(crate) downscale_factor: f64,
     /// Multi-scale: the refine pass's step count (it runs int(this × --denoise-strength)).
     #[arg(long, default_value_t = 15)]
-    steps_refine: usize,
-    /// Multi-scale: how much of the refine schedule runs, in [0, 1].
-    #[arg(long, default_value_t = 0.4)]
-    denoise_strength: f64,
-    /// Multi-scale: the refine pass's noise on the condition frame (the first pass keeps 0.15).
-    #[arg(long, default_value_t = 0.025)]
-    image_cond_noise_scale: f64,
+    pub(crate) steps_refine: usize,
+    /// Multi-scale: how much of the refine schedule runs, in [0, 1] (default 0.4).
+    #[arg(long)]
+    pub(crate) denoise_strength: Option<f64>,
+    /// Noise on hard conditions per step (default: 0.025 for the multi-scale refine pass, whose
+    /// first pass keeps 0.15; 0.15 for condition, as diffusers).
+    #[arg(long)]
+    pub(crate) image_cond_noise_scale: Option<f64>,
+    /// Condition / multi-scale first pass: a custom timestep list, comma-separated and strictly
+    /// decreasing (e.g. the distilled models' 1000,993,987,981,975,909,725,0.03); the pass
+    /// runs these instead of --steps.
+    #[arg(long, value_name = "LIST")]
+    pub(crate) timesteps: Option<String>,
+    /// Multi-scale: the refine pass's timestep list (e.g. 1000,909,725,421,0).
+    #[arg(long, value_name = "LIST")]
+    pub(crate) timesteps_refine: Option<String>,
+    /// Condition: an image or a video (an .mp4 or a folder of frames) starting at output frame
+    /// FRAME, holding with STRENGTH in [0, 1] (default 1). Repeatable.
+    #[arg(long = "condition", value_name = "IMAGE_OR_VIDEO@FRAME[:STRENGTH]")]
+    pub(crate) conditions: Vec<String>,
     /// Multi-scale: pass the image through a one-frame H.264 video first, as the model was
     /// trained on compressed video.
     #[arg(long, env = "LTX_CONDITION_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    condition_compression: bool,
+    pub(crate) condition_compression: bool,
     /// The model's frame-rate conditioning (default: 25 for multi-scale, --fps for i2v).
     #[arg(long)]
-    frame_rate: Option<f64>,
+    pub(crate) frame_rate: Option<f64>,
     /// A diffusers-format LTX-Video folder (with model_index.json), or `demo` for the built-in
     /// tiny model with random weights (its output is noise).
     #[arg(long, env = "LTX_MODEL")]
-    model: String,
+    pub(crate) model: String,
     /// An original single-file checkpoint (ltx-video-2b-v0.9.x.safetensors) for the transformer
     /// and the VAE; --model then supplies the tokenizer, text encoder and scheduler.
     #[arg(long)]
-    checkpoint: Option<PathBuf>,
-    /// The first frame: a PNG, JPEG or WebP image (resized to --width x --height).
+    pub(crate) checkpoint: Option<PathBuf>,
+    /// The first frame: a PNG, JPEG or WebP image (resized to --width x --height); for
+    /// condition, the same as --condition IMAGE@0:1 (optional there).
     #[arg(long)]
-    image: PathBuf,
+    pub(crate) image: Option<PathBuf>,
     #[arg(long)]
-    prompt: String,
+    pub(crate) prompt: String,
     #[arg(long, default_value = "")]
-    negative_prompt: String,
+    pub(crate) negative_prompt: String,
     /// Multiple of 32 (i2v); any size (multiscale).
     #[arg(long, default_value_t = 512)]
-    height: i64,
+    pub(crate) height: i64,
     /// Multiple of 32 (i2v); any size (multiscale).
     #[arg(long, default_value_t = 704)]
-    width: i64,
+    pub(crate) width: i64,
     /// 8k+1 frames for i2v (9, 17, …, 161); multiscale takes any count and makes
     /// 8·((n − 1)/8) + 1 (96 → 89), as diffusers does.
     #[arg(long, default_value_t = 161)]
-    frames: i64,
+    pub(crate) frames: i64,
     /// Denoising steps (multiscale: of the low-resolution pass).
     #[arg(long, default_value_t = 50)]
-    steps: usize,
+    pub(crate) steps: usize,
     /// Classifier-free guidance scale (> 1 enables CFG).
     #[arg(long, default_value_t = 3.0)]
-    guidance: f64,
+    pub(crate) guidance: f64,
     /// CFG rescale φ in [0, 1].
     #[arg(long, default_value_t = 0.0)]
-    guidance_rescale: f64,
+    pub(crate) guidance_rescale: f64,
     /// Random seed; a random one is chosen (and printed) when absent.
     #[arg(long)]
-    seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
     /// Frame rate of the output video (i2v: also the model's conditioning unless --frame-rate).
     #[arg(long, default_value_t = 25.0)]
-    fps: f64,
+    pub(crate) fps: f64,
     /// Decoder timestep for 0.9.1+ VAEs (docs recommend 0.05).
     #[arg(long, default_value_t = 0.0)]
-    decode_timestep: f64,
+    pub(crate) decode_timestep: f64,
     /// Decode noise scale for 0.9.1+ VAEs (default: equal to --decode-timestep; docs recommend 0.025).
     #[arg(long)]
-    decode_noise_scale: Option<f64>,
+    pub(crate) decode_noise_scale: Option<f64>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, env = "LTX_DEVICE", default_value = "auto")]
-    device: DeviceSpec,
+    pub(crate) device: DeviceSpec,
     /// Weight and activation precision (default: fp32 on the CPU, bf16 on CUDA).
     #[arg(long, value_enum)]
-    dtype: Option<Dtype>,
+    pub(crate) dtype: Option<Dtype>,
     /// Model CPU offload: each component moves to the GPU only while it runs.
     #[arg(long, env = "LTX_ENABLE_CPU_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    cpu_offload: bool,
+    pub(crate) cpu_offload: bool,
     /// Sequential CPU offload: transformer and T5 blocks streamed from pinned host memory
     /// (wins over --cpu-offload).
     #[arg(long, env = "LTX_ENABLE_SEQUENTIAL_CPU_OFFLOAD", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    sequential_cpu_offload: bool,
+    pub(crate) sequential_cpu_offload: bool,
     /// Attention backend: sdpa, sliced or math (unset: --attention-slicing decides).
     #[arg(long, env = "LTX_ATTENTION")]
-    attention: Option<String>,
+    pub(crate) attention: Option<String>,
     /// The original attention-slicing switch: sliced attention when --attention is unset.
     #[arg(long, env = "LTX_ENABLE_ATTENTION_SLICING", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    attention_slicing: bool,
+    pub(crate) attention_slicing: bool,
     /// Decode the video in overlapping tiles (the original VAE-tiling switch).
     #[arg(long, env = "LTX_ENABLE_VAE_TILING", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    vae_tiling: bool,
+    pub(crate) vae_tiling: bool,
     /// Tiled decode: weighted (feathered) or diffusers (diffusers' enable_tiling() exactly).
     #[arg(long, env = "LTX_VAE_TILING_MODE", default_value = "weighted")]
-    vae_tiling_mode: String,
+    pub(crate) vae_tiling_mode: String,
     /// Tiled decode: tile size and stride in output pixels.
     #[arg(long, env = "LTX_VAE_TILE_SIZE", default_value_t = 512)]
-    vae_tile_size: i64,
+    pub(crate) vae_tile_size: i64,
     #[arg(long, env = "LTX_VAE_TILE_STRIDE", default_value_t = 448)]
-    vae_tile_stride: i64,
+    pub(crate) vae_tile_stride: i64,
     /// Sequential offload: blocks copied ahead of the one computing.
     #[arg(long, env = "LTX_OFFLOAD_PREFETCH", default_value_t = 2)]
-    offload_prefetch: usize,
+    pub(crate) offload_prefetch: usize,
     /// The MP4 to write (H.264, yuv420p).
     #[arg(short, long)]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
     /// Also write every frame as a PNG into this folder.
     #[arg(long)]
-    frames_dir: Option<PathBuf>,
+    pub(crate) frames_dir: Option<PathBuf>,
 }
 
-fn read_image(path: &Path) -> anyhow::Result<RgbImage> {
+pub(crate) fn read_image(path: &Path) -> anyhow::Result<RgbImage> {
     let img = image::ImageReader::open(path)
         .with_context(|| format!("cannot read image {}", path.display()))?
         .with_guessed_format()
@@ -162,7 +179,7 @@ fn read_image(path: &Path) -> anyhow::Result<RgbImage> {
     Ok(img.into())
 }
 
-fn check_output(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_output(path: &Path) -> anyhow::Result<()> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -181,7 +198,7 @@ fn check_output(path: &Path) -> anyhow::Result<()> {
 
 /// Checks the model arguments, sets the attention backend, resolves the device and loads the
 /// pipeline placed in the memory mode the flags ask for.
-fn load_pipeline(args: &GenerateArgs, max_len: usize) -> anyhow::Result<LtxI2vPipeline> {
+pub(crate) fn load_pipeline(args: &GenerateArgs, max_len: usize) -> anyhow::Result<LtxI2vPipeline> {
     let model_dir = (args.model != "demo").then(|| PathBuf::from(&args.model));
     if let Some(dir) = &model_dir {
         if !dir.join("model_index.json").is_file() {
@@ -276,12 +293,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         PipelineKind::I2v
     });
-    if kind == PipelineKind::Multiscale {
-        return run_multiscale(args, seed);
+    match kind {
+        PipelineKind::Multiscale => return crate::generate_flows::run_multiscale(args, seed),
+        PipelineKind::Condition => return crate::generate_flows::run_condition(args, seed),
+        PipelineKind::I2v => {}
     }
-    if args.upsampler.is_some() {
-        bail!("--upsampler is for --pipeline multiscale");
-    }
+    crate::generate_flows::refuse_unused(&args, kind)?;
+    let Some(image_path) = &args.image else {
+        bail!("--pipeline i2v needs --image (the first frame)");
+    };
     let params = I2vParams {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -299,26 +319,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_sequence_length: 128,
     };
     params.validate()?;
-    let image = read_image(&args.image)?;
+    let image = read_image(image_path)?;
     check_output(&args.output)?;
     let start = Instant::now();
     let pipe = load_pipeline(&args, params.max_sequence_length)?;
     let loaded = start.elapsed();
 
     let tty = std::io::stderr().is_terminal();
-    let mut report = |p: Progress| {
-        status_line(
-            tty,
-            &match p {
-                Progress::EncodingText => "encoding the prompt".to_string(),
-                Progress::EncodingImage => "encoding the image".to_string(),
-                Progress::Denoising { step, total } => format!("denoising step {step}/{total}"),
-                Progress::Decoding => "decoding the video".to_string(),
-            },
-        )
-    };
     let frames = pipe
-        .generate_u8(&image, &params, &mut report, &|| false)?
+        .generate_u8(&image, &params, &mut |p| report(tty, p), &|| false)?
         .to_device(tch::Device::Cpu);
     if tty {
         eprintln!();
@@ -326,8 +335,21 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     write_outputs(&args, &frames, args.fps, seed, &pipe, start, loaded)
 }
 
+/// The progress of the I2V and condition pipelines, on stderr.
+pub(crate) fn report(tty: bool, p: Progress) {
+    status_line(
+        tty,
+        &match p {
+            Progress::EncodingText => "encoding the prompt".to_string(),
+            Progress::EncodingImage => "encoding the image".to_string(),
+            Progress::Denoising { step, total } => format!("denoising step {step}/{total}"),
+            Progress::Decoding => "decoding the video".to_string(),
+        },
+    )
+}
+
 /// One updating line on a terminal, one line each otherwise.
-fn status_line(tty: bool, line: &str) {
+pub(crate) fn status_line(tty: bool, line: &str) {
     if tty {
         eprint!("\r\x1b[2K{line}");
         let _ = std::io::stderr().flush();
@@ -336,7 +358,7 @@ fn status_line(tty: bool, line: &str) {
     }
 }
 
-fn write_outputs(
+pub(crate) fn write_outputs(
     args: &GenerateArgs,
     frames: &tch::Tensor,
     fps: f64,
@@ -363,88 +385,4 @@ fn write_outputs(
         pipe.source(),
     );
     Ok(())
-}
-
-/// `--pipeline multiscale`: the 0.9.7/0.9.8 flow with the upsampler.
-fn run_multiscale(args: GenerateArgs, seed: u64) -> anyhow::Result<()> {
-    use ltx_pipelines::multiscale::{MultiscaleParams, MultiscaleRequest, MultiscaleStage};
-    let params = MultiscaleParams {
-        width: args.width,
-        height: args.height,
-        num_frames: args.frames,
-        downscale_factor: args.downscale_factor,
-        steps_lowres: args.steps,
-        steps_refine: args.steps_refine,
-        denoise_strength: args.denoise_strength,
-        decode_timestep: args.decode_timestep,
-        image_cond_noise_scale: args.image_cond_noise_scale,
-        guidance_scale: args.guidance,
-        frame_rate: args.frame_rate.unwrap_or(25.0),
-    };
-    params.validate()?;
-    let upsampler = match args.upsampler.as_deref() {
-        Some("demo") => None,
-        Some(path) => {
-            let p = PathBuf::from(path);
-            if !p.exists() {
-                bail!("upsampler {} does not exist", p.display());
-            }
-            Some(p)
-        }
-        None if args.model == "demo" => None,
-        None => bail!("--pipeline multiscale needs --upsampler (a folder or .safetensors file)"),
-    };
-    if args.checkpoint.is_some() {
-        bail!("--checkpoint is for --pipeline i2v");
-    }
-    let image = read_image(&args.image)?;
-    check_output(&args.output)?;
-    if params.output_frames() != params.num_frames {
-        eprintln!(
-            "note: {} frames requested; the model makes 8k+1, so the video has {} (as diffusers)",
-            params.num_frames,
-            params.output_frames()
-        );
-    }
-    let start = Instant::now();
-    let mut pipe = load_pipeline(&args, ltx_pipelines::multiscale::CONDITION_TOKENS)?;
-    match &upsampler {
-        Some(path) => pipe.load_upsampler(path)?,
-        None => ltx_pipelines::demo::attach_demo_upsampler(&mut pipe)?,
-    }
-    let loaded = start.elapsed();
-    let request = MultiscaleRequest {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        seed,
-        compress_condition: args.condition_compression,
-        params,
-    };
-    let tty = std::io::stderr().is_terminal();
-    let mut report = |s: MultiscaleStage| {
-        status_line(
-            tty,
-            &match s {
-                MultiscaleStage::EncodingText => "encoding the prompt".to_string(),
-                MultiscaleStage::LowResPass => {
-                    "low-resolution pass: encoding the image".to_string()
-                }
-                MultiscaleStage::RefinePass => "refine pass: encoding the image".to_string(),
-                MultiscaleStage::LowRes { step, total } => {
-                    format!("low-resolution pass, step {step}/{total}")
-                }
-                MultiscaleStage::Upsampling => "upsampling the latents".to_string(),
-                MultiscaleStage::Refine { step, total } => {
-                    format!("refine pass, step {step}/{total}")
-                }
-                MultiscaleStage::Decoding => "decoding the video".to_string(),
-                MultiscaleStage::Resizing => "resizing the frames".to_string(),
-            },
-        )
-    };
-    let frames = pipe.generate_multiscale(&image, &request, &mut report, &|| false)?;
-    if tty {
-        eprintln!();
-    }
-    write_outputs(&args, &frames, args.fps, seed, &pipe, start, loaded)
 }

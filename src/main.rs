@@ -7,6 +7,7 @@ mod bench_http;
 mod bench_offload;
 mod doctor;
 mod generate;
+mod generate_flows;
 
 /// LTX-Video image-to-video inference server for small GPUs.
 #[derive(Parser)]
@@ -21,7 +22,7 @@ enum Command {
     /// Run the HTTP server.
     Serve(ltx_server::ServeConfig),
     /// Generate one video from an image and a prompt, written as an MP4.
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// Benchmarks against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -45,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(config) => {
             tokio::runtime::Runtime::new()?.block_on(ltx_server::serve(config))?
         }
-        Command::Generate(args) => generate::run(args)?,
+        Command::Generate(args) => generate::run(*args)?,
         Command::Bench(cmd) => bench::run(cmd)?,
         Command::Doctor { json } => doctor::run(json)?,
     }

@@ -262,7 +262,40 @@ fn multiscale_arguments_are_checked_before_any_model_loads() {
         ),
         (
             &["--pipeline", "i2v", "--upsampler", "demo"][..],
-            "--upsampler is for --pipeline multiscale",
+            "--upsampler is not used by --pipeline i2v (it is for --pipeline multiscale)",
+        ),
+        (
+            &["--pipeline", "multiscale", "--timesteps", "1000,1000,3"][..],
+            "strictly decreasing",
+        ),
+        (
+            &["--pipeline", "multiscale", "--guidance-rescale", "0.7"][..],
+            "--guidance-rescale is not used by --pipeline multiscale",
+        ),
+        (
+            &["--pipeline", "i2v", "--condition", "x.png@3"][..],
+            "--condition is not used by --pipeline i2v",
+        ),
+        (
+            &["--pipeline", "condition", "--denoise-strength", "0.5"][..],
+            "--denoise-strength is not used by --pipeline condition",
+        ),
+        (
+            &[
+                "--pipeline",
+                "condition",
+                "--condition",
+                "/nonexistent.png@3",
+            ][..],
+            "condition /nonexistent.png does not exist",
+        ),
+        (
+            &["--pipeline", "condition", "--condition", "end.png"][..],
+            "expected IMAGE_OR_VIDEO@FRAME[:STRENGTH]",
+        ),
+        (
+            &["--pipeline", "condition", "--width", "100"][..],
+            "multiples of 32",
         ),
     ] {
         let out = generate(&[&base[..], extra].concat());
@@ -274,4 +307,65 @@ fn multiscale_arguments_are_checked_before_any_model_loads() {
             "{extra:?} loaded a model first: {stderr}"
         );
     }
+}
+
+#[test]
+fn the_demo_runs_the_condition_pipeline_with_image_and_video_conditions() {
+    let dir = TempDir::new("condition");
+    let image = input_png(&dir.0);
+    // A 9-frame H.264 video as a condition from frame 8 (9 frames: 2 latent frames, the
+    // least a later video condition may have).
+    let clip = dir.0.join("clip.mp4");
+    let frames = tch::Tensor::arange(9 * 48 * 64 * 3, (tch::Kind::Int64, tch::Device::Cpu))
+        .remainder(251)
+        .to_kind(tch::Kind::Uint8)
+        .reshape([9, 48, 64, 3]);
+    ltx_pipelines::video::write_mp4(&frames, 24.0, &clip).unwrap();
+    let mp4 = dir.0.join("cond.mp4");
+    let frame_cond = format!("{}@16:0.5", image.display());
+    let video_cond = format!("{}@8:0.7", clip.display());
+    let base = [
+        "--model",
+        "demo",
+        "--pipeline",
+        "condition",
+        "--image",
+        image.to_str().unwrap(),
+        "--condition",
+        &video_cond,
+        "--condition",
+        &frame_cond,
+        "--prompt",
+        "a red ball bounces",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--frames",
+        "17",
+        "--timesteps",
+        "1000,900,500,0.03",
+        "--seed",
+        "5",
+    ];
+    let run = |out: &Path| {
+        let o = generate(&[&base[..], &["-o", out.to_str().unwrap()]].concat());
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "generate failed: {stderr}");
+        stderr
+    };
+    let stderr = run(&mp4);
+    // The timestep list sets the step count.
+    assert!(stderr.contains("denoising step 4/4"), "{stderr}");
+    let s = ffprobe(&mp4);
+    assert_eq!(s["codec_name"], "h264");
+    assert_eq!(
+        (s["width"].as_i64(), s["height"].as_i64()),
+        (Some(96), Some(64))
+    );
+    assert_eq!(s["nb_read_frames"], "17");
+    // The same seed gives the same video.
+    let again = dir.0.join("again.mp4");
+    run(&again);
+    assert_eq!(std::fs::read(&mp4).unwrap(), std::fs::read(&again).unwrap());
 }

@@ -1,6 +1,7 @@
 //! Pipelines built from the models: LTX-Video image-to-video, with the image preprocessing
 //! and progress reporting around it.
 
+pub mod condition_run;
 pub mod demo;
 pub mod image;
 pub mod latent_upsample;

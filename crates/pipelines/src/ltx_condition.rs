@@ -146,8 +146,35 @@ impl ConditionParams {
                 self.denoise_strength
             ));
         }
+        if let Some(t) = &self.timesteps {
+            check_timesteps("timesteps", t)?;
+        }
         Ok(())
     }
+}
+
+/// A custom timestep list as the scheduler takes it: not empty, at most 1000 entries, each in
+/// [0, 1000], strictly decreasing (as the distilled lists: `1000, 993, …, 0.03`).
+pub fn check_timesteps(name: &str, t: &[f64]) -> Result<()> {
+    let bad = |m: String| Err(ModelError::InvalidInput(m));
+    if t.is_empty() || t.len() > 1000 {
+        return bad(format!(
+            "{name} must list 1 to 1000 timesteps, got {}",
+            t.len()
+        ));
+    }
+    if let Some(x) = t.iter().find(|x| !(0.0..=1000.0).contains(*x)) {
+        return bad(format!(
+            "{name}: each timestep must be in [0, 1000], got {x}"
+        ));
+    }
+    if let Some(w) = t.windows(2).find(|w| w[1] >= w[0]) {
+        return bad(format!(
+            "{name} must be strictly decreasing, got {} then {}",
+            w[0], w[1]
+        ));
+    }
+    Ok(())
 }
 
 /// Where a run is, for progress reports.
@@ -491,6 +518,15 @@ pub fn generate(
         .f_select(0, 0)?
         .f_permute([1, 2, 3, 0])?
         .f_contiguous()?)
+}
+
+/// Frames in [0, 1] → uint8 on the CPU as diffusers' `output_type="pil"` makes them:
+/// `(x·255).round()` (half to even, as numpy), unlike the I2V export's truncation.
+pub fn round_to_u8(frames: &Tensor) -> Result<Tensor> {
+    Ok((frames * 255.0)
+        .f_round()?
+        .f_to_kind(Kind::Uint8)?
+        .f_to_device(Device::Cpu)?)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use ltx_models::ltx::LtxLatentUpsampler;
 use ltx_models::{ModelError, Result};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::image::RgbImage;
 use crate::latent_upsample::{upsample_latents, UpsampleParams};
@@ -34,6 +34,10 @@ pub struct MultiscaleParams {
     pub guidance_scale: f64,
     /// The model's frame-rate conditioning (diffusers' default 25), not the file's fps.
     pub frame_rate: f64,
+    /// Custom timestep lists for the passes (the distilled models' lists); the pass then runs
+    /// its list (the refine pass: the part `denoise_strength` keeps) instead of `steps_*`.
+    pub timesteps_lowres: Option<Vec<f64>>,
+    pub timesteps_refine: Option<Vec<f64>>,
 }
 
 impl Default for MultiscaleParams {
@@ -50,6 +54,8 @@ impl Default for MultiscaleParams {
             image_cond_noise_scale: 0.025,
             guidance_scale: 3.0,
             frame_rate: 25.0,
+            timesteps_lowres: None,
+            timesteps_refine: None,
         }
     }
 }
@@ -129,10 +135,20 @@ impl MultiscaleParams {
         if self.steps_lowres < 1 || self.steps_refine < 1 {
             return bad("steps_lowres and steps_refine must be at least 1".into());
         }
-        if (self.steps_refine as f64 * self.denoise_strength) < 1.0 {
+        if let Some(t) = &self.timesteps_lowres {
+            crate::ltx_condition::check_timesteps("timesteps_lowres", t)?;
+        }
+        if let Some(t) = &self.timesteps_refine {
+            crate::ltx_condition::check_timesteps("timesteps_refine", t)?;
+        }
+        let refine_steps = self
+            .timesteps_refine
+            .as_ref()
+            .map_or(self.steps_refine, Vec::len);
+        if (refine_steps as f64 * self.denoise_strength) < 1.0 {
             return bad(format!(
-                "steps_refine {} × denoise_strength {} leaves no refine step",
-                self.steps_refine, self.denoise_strength
+                "{refine_steps} refine steps × denoise_strength {} leaves no refine step",
+                self.denoise_strength
             ));
         }
         self.pass_sizes().map(|_| ())
@@ -173,6 +189,7 @@ pub fn generate_multiscale(
     };
     let low = ConditionParams {
         steps: p.steps_lowres,
+        timesteps: p.timesteps_lowres.clone(),
         ..pass(w1, h1)
     };
     progress(MultiscaleStage::LowResPass)?;
@@ -197,6 +214,7 @@ pub fn generate_multiscale(
     progress(MultiscaleStage::RefinePass)?;
     let refine = ConditionParams {
         steps: p.steps_refine,
+        timesteps: p.timesteps_refine.clone(),
         denoise_strength: p.denoise_strength,
         decode_timestep: p.decode_timestep,
         image_cond_noise_scale: p.image_cond_noise_scale,
@@ -218,11 +236,8 @@ pub fn generate_multiscale(
         },
     )?;
     progress(MultiscaleStage::Resizing)?;
-    // (x·255).round() to uint8 (numpy rounds half to even, as torch does), then Lanczos.
-    let bytes = (frames * 255.0)
-        .f_round()?
-        .f_to_kind(Kind::Uint8)?
-        .f_to_device(tch::Device::Cpu)?;
+    // Rounded to uint8 (diffusers' "pil"), then Lanczos.
+    let bytes = crate::ltx_condition::round_to_u8(&frames)?;
     let n = bytes.size()[0];
     let (ow, oh) = (p.width as usize, p.height as usize);
     let mut out = Vec::with_capacity(n as usize * ow * oh * 3);
@@ -265,31 +280,6 @@ mod tests {
     }
 }
 
-/// The prompt embeddings as `LTXConditionPipeline` encodes them: 256 tokens, the attention
-/// mask passed to T5; the negative prompt only with CFG.
-fn condition_prompts(
-    pipe: &crate::LtxI2vPipeline,
-    prompt: &str,
-    negative: &str,
-    cfg: bool,
-) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
-    let tokenizer = pipe.tokenizer.with_max_length(CONDITION_TOKENS)?;
-    let embed = |text: &str| -> Result<PromptEmbeds> {
-        let tokens = tokenizer.encode(&[text])?;
-        let dev = pipe.opts.device;
-        let ids = tokens.input_ids.f_to_device(dev)?;
-        let mask = tokens.attention_mask.f_to_device(dev)?;
-        let embeds = pipe
-            .text_encoder
-            .forward_masked(&ids, &mask)?
-            .f_to_kind(pipe.opts.dtype)?;
-        Ok(PromptEmbeds { embeds, mask })
-    };
-    let pos = embed(prompt)?;
-    let neg = if cfg { Some(embed(negative)?) } else { None };
-    Ok((pos, neg))
-}
-
 /// Prompt tokens of `LTXConditionPipeline` (`max_sequence_length` 256).
 pub const CONDITION_TOKENS: usize = 256;
 
@@ -306,6 +296,31 @@ pub struct MultiscaleRequest {
 }
 
 impl crate::LtxI2vPipeline {
+    /// The prompt embeddings as `LTXConditionPipeline.encode_prompt` makes them: 256 tokens,
+    /// the attention mask passed to T5; the negative prompt only with CFG. The text encoder
+    /// enters the device first (offload modes).
+    pub fn encode_condition_prompts(
+        &self,
+        prompt: &str,
+        negative: &str,
+        cfg: bool,
+    ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+        self.enter(crate::memory::Component::TextEncoder)?;
+        let tokenizer = self.tokenizer.with_max_length(CONDITION_TOKENS)?;
+        let embed = |text: &str| -> Result<PromptEmbeds> {
+            let tokens = tokenizer.encode(&[text])?;
+            let dev = self.opts.device;
+            let ids = tokens.input_ids.f_to_device(dev)?;
+            let mask = tokens.attention_mask.f_to_device(dev)?;
+            let embeds = tch::no_grad(|| self.text_encoder.forward_masked(&ids, &mask))?
+                .f_to_kind(self.opts.dtype)?;
+            Ok(PromptEmbeds { embeds, mask })
+        };
+        let pos = embed(prompt)?;
+        let neg = if cfg { Some(embed(negative)?) } else { None };
+        Ok((pos, neg))
+    }
+
     /// Attaches the flow's latent upsampler (`params`: its parameter handles, as
     /// `open_upsampler` returns them). Without a memory mode it must be on the pipeline's
     /// device and stays resident; in `model` and `sequential` mode its weights move to host
@@ -427,9 +442,9 @@ impl crate::LtxI2vPipeline {
                 image.clone()
             };
             report(MultiscaleStage::EncodingText)?;
-            self.enter(crate::memory::Component::TextEncoder)?;
             let cfg = r.params.guidance_scale > 1.0;
-            let (prompt, negative) = condition_prompts(self, &r.prompt, &r.negative_prompt, cfg)?;
+            let (prompt, negative) =
+                self.encode_condition_prompts(&r.prompt, &r.negative_prompt, cfg)?;
             let enter = |c| self.enter(c);
             let m = ConditionModels {
                 enter: Some(&enter),

@@ -229,3 +229,46 @@ fn bad_inputs_are_clear_errors() {
     };
     assert!(run(&[], &odd, true).contains("multiples of 32"));
 }
+
+/// The text path as the condition pipeline runs it (refs/condition_text.*, made by
+/// tools/ltx-fixtures/make_condition_text.py): diffusers' `encode_prompt` with 256 tokens and
+/// the mask passed to T5, through the user-facing loader. Masks exact, embeddings ≤ 1e-4.
+#[test]
+fn the_condition_text_path_equals_diffusers_encode_prompt() {
+    let r = common::refs("condition_text.safetensors");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("refs/condition_text.json")).unwrap(),
+    )
+    .unwrap();
+    let opts = ltx_pipelines::LoadOptions {
+        device: Device::Cpu,
+        dtype: Kind::Float,
+    };
+    // The pipeline's own tokenizer length (128) is re-padded to 256 for this path.
+    let pipe = ltx_pipelines::LtxI2vPipeline::load(&common::model_dir("0.9.5"), opts, 128).unwrap();
+    let cases = meta["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 3);
+    for (name, case) in cases {
+        let (pos, neg) = pipe
+            .encode_condition_prompts(
+                case["prompt"].as_str().unwrap(),
+                case["negative_prompt"].as_str().unwrap(),
+                true,
+            )
+            .unwrap();
+        let neg = neg.unwrap();
+        for (what, got, want) in [("prompt", &pos, "prompt"), ("negative", &neg, "negative")] {
+            let mask = &r[&format!("{name}.{want}_mask")];
+            assert!(
+                got.mask.to_kind(Kind::Float).equal(mask),
+                "{name} {what}: masks differ"
+            );
+            let err = common::max_abs_diff(&got.embeds, &r[&format!("{name}.{want}_embeds")]);
+            assert!(err <= 1e-4, "{name} {what}: embeddings off by {err:e}");
+        }
+        assert_eq!(pos.embeds.size()[1], 256);
+    }
+    // Without CFG there is no negative batch.
+    let (_, neg) = pipe.encode_condition_prompts("x", "y", false).unwrap();
+    assert!(neg.is_none());
+}

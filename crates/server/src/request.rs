@@ -437,6 +437,8 @@ impl I2vRequest {
             )?,
             guidance_scale: finite("guidance_scale", self.guidance_scale, 3.0, 0.0, 30.0)?,
             frame_rate: finite("frame_rate", self.frame_rate, 25.0, 1.0, 120.0)?,
+            timesteps_lowres: None,
+            timesteps_refine: None,
         };
         let fps = finite("fps", self.fps, 30.0, 1.0, 120.0)?;
         let seed = seed_or_random(self.seed)?;

@@ -173,6 +173,8 @@ impl ServiceI2vRequest {
             // As the replaced service: not passed to the pipeline, whose default applies.
             guidance_scale: 3.0,
             frame_rate: 25.0,
+            timesteps_lowres: None,
+            timesteps_refine: None,
         };
         let fps = finite("fps", self.fps, 30.0, 1.0, 120.0)?;
         let mut warnings = Vec::new();
