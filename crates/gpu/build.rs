@@ -92,6 +92,8 @@ fn build_shim(manifest: &Path, libtorch: &Path, cuda_include: &Path) -> Result<(
     // cudaHostAlloc/cudaFreeHost for the pinned arena; libtorch_cpu needs this library anyway.
     println!("cargo:rustc-link-lib=dylib:+verbatim=libcudart.so.13");
     println!("cargo:rustc-link-lib=dylib=c10");
+    // The unpickler behind ltx_torch_load_tensors.
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/import_read.h>
 #include <torch/headeronly/version.h>
 
 #include <cuda_runtime_api.h>
@@ -55,9 +57,41 @@ ltx_stream to_c(const c10::cuda::CUDAStream &s) {
   return out;
 }
 
+// Walks a dict tree of tensors depth first, in the dicts' order, naming leaves by their keys.
+void walk(const c10::IValue &v, const std::string &name, void *ctx, ltx_named_tensor_sink sink) {
+  if (v.isTensor()) {
+    TORCH_CHECK(!name.empty(), "the file holds a bare tensor, not a dict of tensors");
+    auto *t = new at::Tensor(v.toTensor());
+    // The sink owns the handle from here on, even when it asks to stop.
+    TORCH_CHECK(sink(ctx, name.c_str(), t) == 0, "stopped at ", name);
+    return;
+  }
+  TORCH_CHECK(v.isGenericDict(), name.empty() ? std::string("the file") : "key " + name,
+              " holds a ", v.tagKind(), ", expected a dict of tensors");
+  for (const auto &kv : v.toGenericDict()) {
+    TORCH_CHECK(kv.key().isString(), "a ", kv.key().tagKind(), " key under ",
+                name.empty() ? std::string("the top level") : name, ": only string keys are read");
+    const std::string key = kv.key().toStringRef();
+    walk(kv.value(), name.empty() ? key : name + "." + key, ctx, sink);
+  }
+}
+
 }  // namespace
 
 extern "C" {
+
+int ltx_torch_load_tensors(const char *path, void *ctx, ltx_named_tensor_sink sink, char *err,
+                           size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(path != nullptr && sink != nullptr, "null argument");
+    // Streams the records from the file (about half the peak memory of reading it whole).
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const c10::IValue obj = torch::jit::readArchiveAndTensors(
+        "data", /*pickle_prefix=*/"", /*tensor_prefix=*/"", /*type_resolver=*/std::nullopt,
+        /*obj_loader=*/std::nullopt, /*device=*/at::Device(at::kCPU), reader);
+    walk(obj, "", ctx, sink);
+  });
+}
 
 const char *ltx_torch_version(void) { return TORCH_VERSION; }
 

@@ -57,6 +57,18 @@ int ltx_pinned_empty(int64_t bytes, void **out, char *err, size_t err_len);
 /* t.is_pinned() for an at::Tensor* t (needs libtorch_cuda loaded to ever say yes). */
 int ltx_tensor_is_pinned(const void *t, int *out, char *err, size_t err_len);
 
+/* Receives one tensor of ltx_torch_load_tensors: its dotted name and a new at::Tensor* that
+ * the receiver owns. Returns 0 to go on, non-zero to stop (the load then fails). */
+typedef int (*ltx_named_tensor_sink)(void *ctx, const char *name, void *tensor);
+
+/* Reads a torch.save file in the zip format whose object is a tree of dicts with string keys
+ * and tensor leaves (as IP-Adapter's ip-adapter.bin: {"image_proj": {...}, "ip_adapter":
+ * {...}}) with libtorch's own unpickler, onto the CPU, and hands each tensor to `sink` with the
+ * keys joined by '.'. A non-tensor leaf, a non-string key, an unknown pickled class or a
+ * legacy (non-zip) file is an error. */
+int ltx_torch_load_tensors(const char *path, void *ctx, ltx_named_tensor_sink sink, char *err,
+                           size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,6 +15,7 @@ pub mod libs;
 pub mod pinned;
 pub mod report;
 pub mod stream;
+pub mod torch_load;
 
 pub use cuda::{CudaDevice, CudaUnavailable, MemoryStats};
 pub use device::DeviceSpec;

@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod ltx;
 pub mod nn;
 pub mod scheduler;
+pub mod sdxl;
 pub mod t5;
 pub mod t5_tokenizer;
 pub mod text_encoder;

@@ -17,6 +17,8 @@ use crate::{ModelError, Result};
 
 struct Entry {
     file: usize,
+    /// In-memory stores ([`WeightStore::from_tensors`]): the tensor itself (`file` unused).
+    tensor: Option<Tensor>,
     kind: Kind,
     shape: Vec<i64>,
     start: usize,
@@ -172,6 +174,7 @@ impl WeightStore {
                 }
                 let entry = Entry {
                     file: i,
+                    tensor: None,
                     kind,
                     shape: info.shape.iter().map(|&d| d as i64).collect(),
                     start: base + info.data_offsets.0,
@@ -205,6 +208,47 @@ impl WeightStore {
             handed_out: RefCell::default(),
             generate_on: None,
             description,
+            kind,
+            device,
+        })
+    }
+
+    /// A store over named tensors already in memory (read from a format other than
+    /// safetensors, e.g. a `torch.save` file), described as `description` in errors; strict
+    /// like the file-backed stores.
+    pub fn from_tensors(
+        named: Vec<(String, Tensor)>,
+        description: &str,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        let mut index: HashMap<String, Entry> = HashMap::new();
+        for (name, t) in named {
+            if index.contains_key(&name) {
+                return Err(ModelError::UnsupportedConfig(format!(
+                    "{description}: tensor {name} appears twice"
+                )));
+            }
+            let entry = Entry {
+                file: 0,
+                kind: t.kind(),
+                shape: t.size(),
+                start: 0,
+                end: 0,
+                tensor: Some(t),
+            };
+            index.insert(name, entry);
+        }
+        Ok(Self {
+            random: false,
+            shapes_only: false,
+            files: Vec::new(),
+            index,
+            used: RefCell::default(),
+            loaded_bytes: std::cell::Cell::new(0),
+            handed_out: RefCell::default(),
+            generate_on: None,
+            description: description.to_string(),
             kind,
             device,
         })
@@ -339,6 +383,14 @@ impl WeightStore {
             });
         }
         self.used.borrow_mut().insert(name.to_string());
+        if let Some(t) = &entry.tensor {
+            // A copy, so the module never aliases the caller's tensor.
+            return Ok(t
+                .f_to_device(self.device)?
+                .f_to_kind(kind)?
+                .f_detach_copy()?
+                .f_contiguous()?);
+        }
         let bytes = &self.files[entry.file].map[entry.start..entry.end];
         let t = Tensor::f_from_data_size(bytes, &entry.shape, entry.kind)?;
         Ok(t.f_to_device(self.device)?.f_to_kind(kind)?)

@@ -1,0 +1,7 @@
+//! The InstantID family's networks on SDXL, natively on tch with PyTorch parameter names, the
+//! way the LTX models are built (serde configs mirroring `config.json`, strict loading through
+//! [`crate::weights::Vb`], parity fixtures made by `tools/sdxl-fixtures/`). See
+//! `../shared/specs/instantid.md` and `../shared/specs/sdxl-notes.md`.
+
+pub mod ip_adapter;
+pub mod resampler;
