@@ -90,21 +90,47 @@ fn index_files(index: &Path) -> Result<Vec<PathBuf>> {
 impl WeightStore {
     /// Opens the weights of one diffusers component folder (`transformer/`, `vae/`, …): the
     /// sharded index if there is one, else `diffusion_pytorch_model.safetensors` or
-    /// `model.safetensors`, else the folder's only `*.safetensors` file.
+    /// `model.safetensors`, else the folder's only `*.safetensors` file. A folder that has only
+    /// a variant's files (`diffusion_pytorch_model.fp16.safetensors`, or the sharded
+    /// `*.safetensors.index.fp16.json`) loads that variant, as people download fp16-only repos.
     pub fn from_component_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
-        for index in [
-            "diffusion_pytorch_model.safetensors.index.json",
-            "model.safetensors.index.json",
-        ] {
-            let p = dir.join(index);
-            if p.is_file() {
-                return Self::from_files(&index_files(&p)?, kind, device);
-            }
+        Self::from_component_dir_variant(dir, None, kind, device)
+    }
+
+    /// Like [`WeightStore::from_component_dir`], preferring `variant`'s files (diffusers'
+    /// `variant="fp16"`: `diffusion_pytorch_model.fp16.safetensors`,
+    /// `diffusion_pytorch_model.safetensors.index.fp16.json`) when the folder has them, the
+    /// plain files otherwise.
+    pub fn from_component_dir_variant(
+        dir: &Path,
+        variant: Option<&str>,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        const STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+        let mut wanted: Vec<Option<&str>> = Vec::new();
+        if let Some(v) = variant {
+            wanted.push(Some(v));
         }
-        for single in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
-            let p = dir.join(single);
-            if p.is_file() {
-                return Self::from_files(&[p], kind, device);
+        wanted.push(None);
+        for v in wanted {
+            for stem in STEMS {
+                let index = match v {
+                    Some(v) => dir.join(format!("{stem}.safetensors.index.{v}.json")),
+                    None => dir.join(format!("{stem}.safetensors.index.json")),
+                };
+                if index.is_file() {
+                    return Self::from_files(&index_files(&index)?, kind, device);
+                }
+            }
+            for stem in STEMS {
+                let single = match v {
+                    Some(v) => dir.join(format!("{stem}.{v}.safetensors")),
+                    None => dir.join(format!("{stem}.safetensors")),
+                };
+                if single.is_file() {
+                    return Self::from_files(&[single], kind, device);
+                }
             }
         }
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -113,6 +139,21 @@ impl WeightStore {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         found.sort();
+        // Only a variant's sharded index (no plain weights): that variant.
+        let variant_indexes: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    STEMS.iter().any(|s| {
+                        n.starts_with(&format!("{s}.safetensors.index.")) && n.ends_with(".json")
+                    })
+                })
+            })
+            .collect();
+        if let [index] = variant_indexes.as_slice() {
+            return Self::from_files(&index_files(index)?, kind, device);
+        }
         match found.len() {
             1 => Self::from_files(&found, kind, device),
             0 => Err(ModelError::Io {
