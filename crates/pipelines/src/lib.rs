@@ -9,6 +9,7 @@ pub mod ltx_condition;
 pub mod ltx_i2v;
 pub mod memory;
 pub mod multiscale;
+pub mod sdxl_tiled_decode;
 pub mod tiled_decode;
 pub mod video;
 pub mod video_in;
