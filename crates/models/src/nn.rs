@@ -71,3 +71,34 @@ pub fn timestep_embedding(t: &Tensor, dim: i64) -> Result<Tensor> {
     let args = t.f_to_kind(Kind::Float)?.f_unsqueeze(-1)? * freqs.f_unsqueeze(0)?;
     Ok(Tensor::f_cat(&[args.f_cos()?, args.f_sin()?], -1)?)
 }
+
+/// A VAE's posterior, diffusers' `DiagonalGaussianDistribution`: `mean` and `logvar` (the
+/// encoders clamp it to [-30, 20]), `[B, latent, …]` for images and videos alike.
+pub struct Posterior {
+    pub mean: Tensor,
+    pub logvar: Tensor,
+}
+
+impl Posterior {
+    /// `exp(0.5 · logvar)`.
+    pub fn std(&self) -> Result<Tensor> {
+        Ok((&self.logvar * 0.5).f_exp()?)
+    }
+
+    /// The distribution's mode, its mean (diffusers' `latent_dist.mode()`).
+    pub fn mode(&self) -> Tensor {
+        self.mean.shallow_clone()
+    }
+
+    /// `mean + std · ε`, `ε` drawn on the CPU from torch's global generator in the posterior's
+    /// dtype, then moved to its device. After `manual_seed(s)` this equals diffusers'
+    /// `latent_dist.sample(generator=torch.Generator("cpu").manual_seed(s))` on any device:
+    /// `randn_tensor` draws on the CPU for a CPU generator (torch's default generator and a
+    /// fresh CPU generator with the same seed give the same numbers). A CUDA generator in
+    /// diffusers would draw different numbers.
+    pub fn sample(&self) -> Result<Tensor> {
+        let noise = Tensor::f_randn(self.mean.size(), (self.mean.kind(), tch::Device::Cpu))?
+            .f_to_device(self.mean.device())?;
+        Ok(self.mean.f_add(&self.std()?.f_mul(&noise)?)?)
+    }
+}

@@ -20,15 +20,14 @@
 //! `force_upcast`) and take the VAE's latents (already divided by the scaling factor: see
 //! [`AutoencoderKl::unscale_latents`]).
 
-use ltx_gpu::kernels::tile_accumulate::{self, Canvas, Placement, Tile};
+use ltx_gpu::kernels::tile_accumulate;
 use ltx_gpu::kernels::KernelRegistry;
-use ltx_gpu::GpuError;
 use ltx_models::sdxl::vae::{AutoencoderKl, DiffusersTiling};
 use ltx_models::{ModelError, Result};
 use tch::{Kind, Tensor};
 
 pub use crate::tiled_decode::TilingMode;
-use crate::tiled_decode::{AxisTile, Blend, TileConfig, TilePlan};
+use crate::tiled_decode::{accumulate_tile, gpu_error, TileConfig, TilePlan};
 
 /// Tiling settings in sample pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,13 +69,6 @@ fn invalid<T>(message: String) -> Result<T> {
     Err(ModelError::InvalidInput(format!(
         "SDXL tiled decode: {message}"
     )))
-}
-
-fn gpu_error(e: GpuError) -> ModelError {
-    match e {
-        GpuError::Torch(e) => ModelError::Torch(e),
-        other => ModelError::InvalidInput(format!("SDXL tiled decode: tile accumulation: {other}")),
-    }
 }
 
 /// `[B, C, h, w]` latents, checked.
@@ -129,13 +121,6 @@ pub fn decode_tiled(
     }
 }
 
-fn feather(t: &AxisTile, device: tch::Device) -> Result<Tensor> {
-    match &t.blend {
-        Blend::Feather(w) => Ok(Tensor::from_slice(w).f_to_device(device)?),
-        Blend::Diffusers { .. } => invalid("a diffusers tile in a weighted plan".into()),
-    }
-}
-
 /// Decodes every tile of `plan` into the float32 canvas `[B·C, 1, H, W]` and its weight sum
 /// `[1, H, W]`.
 fn accumulate(
@@ -161,35 +146,8 @@ fn accumulate(
                 y.len, x.len
             ));
         }
-        let data = d
-            .f_to_kind(Kind::Float)?
-            .f_reshape([bc, 1, y.len, x.len])?
-            .f_contiguous()?;
-        let (wt, wy, wx) = (
-            feather(t, device)?,
-            feather(y, device)?,
-            feather(x, device)?,
-        );
-        let tile = Tile {
-            data: &data,
-            wt: &wt,
-            wy: &wy,
-            wx: &wx,
-        };
-        let at = Placement {
-            f0: 0,
-            y0: y.out_start,
-            x0: x.out_start,
-        };
-        let mut canvas = Canvas {
-            out: &mut out,
-            wsum: &mut wsum,
-        };
-        match registry {
-            Some(r) => tile_accumulate::accumulate(Some(r), &mut canvas, &tile, at),
-            None => tile_accumulate::reference(&mut canvas, &tile, at),
-        }
-        .map_err(gpu_error)?;
+        let data = d.f_to_kind(Kind::Float)?.f_reshape([bc, 1, y.len, x.len])?;
+        accumulate_tile(registry, &mut out, &mut wsum, &data, [t, y, x])?;
     }
     Ok((out, wsum))
 }

@@ -383,7 +383,7 @@ fn diffusers_frames(n: i64, ratio: i64, cfg: &TileConfig) -> Vec<AxisTile> {
     out
 }
 
-fn gpu_error(e: GpuError) -> ModelError {
+pub(crate) fn gpu_error(e: GpuError) -> ModelError {
     match e {
         GpuError::Torch(e) => ModelError::Torch(e),
         other => ModelError::InvalidInput(format!("tiled decode: tile accumulation: {other}")),
@@ -498,35 +498,46 @@ fn accumulate_weighted(
         kind.get_or_insert(d.kind());
         let data = d
             .f_to_kind(Kind::Float)?
-            .f_reshape([batch * channels, t.len, y.len, x.len])?
-            .f_contiguous()?;
-        let (wt, wy, wx) = (
-            weights(t, device)?,
-            weights(y, device)?,
-            weights(x, device)?,
-        );
-        let tile = Tile {
-            data: &data,
-            wt: &wt,
-            wy: &wy,
-            wx: &wx,
-        };
-        let at = Placement {
-            f0: t.out_start,
-            y0: y.out_start,
-            x0: x.out_start,
-        };
-        let mut canvas = Canvas {
-            out: &mut out,
-            wsum: &mut wsum,
-        };
-        match registry {
-            Some(r) => tile_accumulate::accumulate(Some(r), &mut canvas, &tile, at),
-            None => tile_accumulate::reference(&mut canvas, &tile, at),
-        }
-        .map_err(gpu_error)?;
+            .f_reshape([batch * channels, t.len, y.len, x.len])?;
+        accumulate_tile(registry, &mut out, &mut wsum, &data, [t, y, x])?;
     }
     Ok((out, wsum, kind.unwrap_or(Kind::Float)))
+}
+
+/// Adds one decoded tile (float32 `[B·C, f, h, w]`) with its plan's feather weights into the
+/// canvas `out` `[B·C, F, H, W]` and the weight sum `wsum` `[F, H, W]`: the CUDA kernel with a
+/// registry, tch ops otherwise. Shared by the LTX and the SDXL tiled decodes.
+pub(crate) fn accumulate_tile(
+    registry: Option<&KernelRegistry>,
+    out: &mut Tensor,
+    wsum: &mut Tensor,
+    data: &Tensor,
+    [t, y, x]: [&AxisTile; 3],
+) -> Result<()> {
+    let device = data.device();
+    let data = data.f_contiguous()?;
+    let (wt, wy, wx) = (
+        weights(t, device)?,
+        weights(y, device)?,
+        weights(x, device)?,
+    );
+    let tile = Tile {
+        data: &data,
+        wt: &wt,
+        wy: &wy,
+        wx: &wx,
+    };
+    let at = Placement {
+        f0: t.out_start,
+        y0: y.out_start,
+        x0: x.out_start,
+    };
+    let mut canvas = Canvas { out, wsum };
+    match registry {
+        Some(r) => tile_accumulate::accumulate(Some(r), &mut canvas, &tile, at),
+        None => tile_accumulate::reference(&mut canvas, &tile, at),
+    }
+    .map_err(gpu_error)
 }
 
 /// Decodes a batch of one to uint8 frames `[F, H, W, 3]`: `x·0.5 + 0.5` clamped to [0, 1],

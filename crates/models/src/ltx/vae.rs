@@ -797,23 +797,7 @@ impl Decoder {
     }
 }
 
-/// The posterior of an encoded video: `mean` and `logvar` `[B, latent, f, h, w]`.
-pub struct Posterior {
-    pub mean: Tensor,
-    pub logvar: Tensor,
-}
-
-impl Posterior {
-    pub fn std(&self) -> Result<Tensor> {
-        Ok((&self.logvar * 0.5).f_exp()?)
-    }
-
-    /// `mean + std · randn` from the global generator (seed it first for reproducibility).
-    pub fn sample(&self) -> Result<Tensor> {
-        let noise = Tensor::f_randn(self.mean.size(), (self.mean.kind(), self.mean.device()))?;
-        Ok(&self.mean + self.std()? * noise)
-    }
-}
+pub use crate::nn::Posterior;
 
 pub struct LtxVae {
     cfg: LtxVaeConfig,

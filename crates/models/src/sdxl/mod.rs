@@ -5,3 +5,4 @@
 
 pub mod ip_adapter;
 pub mod resampler;
+pub mod vae;

@@ -155,36 +155,7 @@ impl AutoencoderKlConfig {
     }
 }
 
-/// The posterior of an encoded image, diffusers' `DiagonalGaussianDistribution`: `mean` and
-/// `logvar` (clamped to [-30, 20]) `[B, latent, H/8, W/8]`.
-pub struct Posterior {
-    pub mean: Tensor,
-    pub logvar: Tensor,
-}
-
-impl Posterior {
-    /// `exp(0.5 · logvar)`.
-    pub fn std(&self) -> Result<Tensor> {
-        Ok((&self.logvar * 0.5).f_exp()?)
-    }
-
-    /// `mean + std · ε`, `ε` drawn on the CPU from torch's global generator in the posterior's
-    /// dtype, then moved to its device. After `manual_seed(s)` this equals diffusers'
-    /// `latent_dist.sample(generator=torch.Generator("cpu").manual_seed(s))` on any device:
-    /// `randn_tensor` draws on the CPU when the generator is a CPU one (torch's default
-    /// generator and a fresh CPU generator with the same seed give the same numbers). A CUDA
-    /// generator in diffusers would draw different numbers.
-    pub fn sample(&self) -> Result<Tensor> {
-        let noise = Tensor::f_randn(self.mean.size(), (self.mean.kind(), Device::Cpu))?
-            .f_to_device(self.mean.device())?;
-        Ok(self.mean.f_add(&self.std()?.f_mul(&noise)?)?)
-    }
-
-    /// The mean (diffusers' `mode()`).
-    pub fn mode(&self) -> Tensor {
-        self.mean.shallow_clone()
-    }
-}
+pub use crate::nn::Posterior;
 
 pub struct AutoencoderKl {
     cfg: AutoencoderKlConfig,
