@@ -376,3 +376,38 @@ fn a_config_with_unknown_keys_loads_and_a_bad_activation_fails() {
         .expect("must fail");
     assert!(err.to_string().contains("swiglu"), "{err}");
 }
+
+#[test]
+fn torchscript_exports_match_the_native_encoders() {
+    use ltx_models::sdxl::clip::torchscript::ClipTorchScript;
+    let r = refs();
+    let ids = &r["input_ids"];
+    for name in ["text_encoder", "text_encoder_2"] {
+        let path = fixtures().join(name).join("model.pt");
+        let ts = ClipTorchScript::load(&path, Device::Cpu, Kind::Float).unwrap();
+        assert!(ts.parameter_bytes().unwrap() > 0);
+        let got = tch::no_grad(|| ts.forward(ids)).unwrap();
+        let want = Encoder::load(name, Kind::Float).unwrap().forward(ids);
+        let errs = [
+            max_abs_diff(
+                &got.penultimate_hidden_state,
+                &want.penultimate_hidden_state,
+            ),
+            max_abs_diff(&got.last_hidden_state, &want.last_hidden_state),
+            max_abs_diff(&got.pooled, &want.pooled),
+        ];
+        eprintln!("{name} TorchScript vs native: max abs errors {errs:?}");
+        assert!(errs.iter().all(|e| *e <= 1e-4), "{name}: {errs:?}");
+    }
+    // A module traced in fp32 is refused in bf16, naming both dtypes.
+    let path = fixtures().join("text_encoder_2/model.pt");
+    let err = ClipTorchScript::load(&path, Device::Cpu, Kind::BFloat16)
+        .err()
+        .expect("a dtype mismatch must fail");
+    assert!(
+        err.to_string().contains("Float") && err.to_string().contains("BFloat16"),
+        "{err}"
+    );
+    let not_a_module = fixtures().join("text_encoder/config.json");
+    assert!(ClipTorchScript::load(&not_a_module, Device::Cpu, Kind::Float).is_err());
+}

@@ -4,7 +4,8 @@
 //! Token + position embeddings, pre-norm layers of causal self-attention and an MLP, a final
 //! layer norm; parameter names are transformers' (`text_model.encoder.layers.{i}.self_attn.q_proj`,
 //! …). SDXL uses `hidden_states[-2]` (the input of the last layer, not normed) as the prompt
-//! embedding and encoder 2's `text_embeds` as the pooled embedding.
+//! embedding and encoder 2's `text_embeds` as the pooled embedding. A TorchScript export of
+//! either runs through [`torchscript::ClipTorchScript`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use crate::hooks::{run_blocks, BlockHooks};
 use crate::nn::Linear;
 use crate::weights::{Vb, WeightStore};
 use crate::{ModelError, Result};
+
+pub mod torchscript;
 
 /// `config.json` of a CLIP text encoder (transformers' `CLIPTextConfig`); defaults are
 /// transformers'. Unknown keys are ignored.
