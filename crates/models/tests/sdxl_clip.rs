@@ -119,6 +119,17 @@ fn tokenizer_errors_name_the_problem() {
         .err()
         .expect("no merges.txt must fail");
     assert!(err.to_string().contains("merges.txt"), "{err}");
+    copy_dir(&fixtures().join("tokenizer_2"), &tmp);
+    let cfg = std::fs::read_to_string(tmp.join("tokenizer_config.json")).unwrap();
+    std::fs::write(
+        tmp.join("tokenizer_config.json"),
+        cfg.replace("\"0\": {", "\"7\": {"),
+    )
+    .unwrap();
+    let err = ClipTokenizer::from_dir(&tmp)
+        .err()
+        .expect("a wrong added-token id must fail");
+    assert!(err.to_string().contains("declared as id 7"), "{err}");
 }
 
 /// A fresh scratch folder under the target directory.

@@ -330,6 +330,20 @@ impl ClipTokenizer {
             ByteLevel::new(false, true, true).into(),
         ])));
         inner.add_tokens(&added);
+        // transformers keeps the declared ids; the backend gives a token its vocabulary id, or
+        // the next free one. Refuse a folder where the two disagree rather than shift ids.
+        for (id, fields) in cfg.added_tokens_decoder.iter().flatten() {
+            let got = inner.token_to_id(&fields.content);
+            if got.map(|g| g.to_string()).as_deref() != Some(id.as_str()) {
+                return Err(bad(
+                    &cfg_path,
+                    format!(
+                        "added token {:?} is declared as id {id} but gets {got:?} from vocab.json",
+                        fields.content
+                    ),
+                ));
+            }
+        }
 
         let id = |token: &str, what: &str| {
             inner.token_to_id(token).ok_or_else(|| {
