@@ -3,6 +3,8 @@
 //! [`crate::weights::Vb`], parity fixtures made by `tools/sdxl-fixtures/`). See
 //! `../shared/specs/instantid.md` and `../shared/specs/sdxl-notes.md`.
 
+pub mod clip;
+pub mod clip_tokenizer;
 pub mod ip_adapter;
 pub mod resampler;
 pub mod vae;
