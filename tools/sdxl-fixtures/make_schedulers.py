@@ -65,6 +65,9 @@ def sdxl(cls, **over):
 E, EA, DPM, DDIM = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                     "DPMSolverMultistepScheduler", "DDIMScheduler")
 LINEAR = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}
+# 100 training steps with explicit betas (trained_betas wins over beta_schedule).
+TRAINED = {"num_train_timesteps": 100,
+           "trained_betas": [round(0.0005 + 0.0004 * i + 1e-6 * i * i, 8) for i in range(100)]}
 
 # name -> (config, sampling loops as [(steps, eta[, dtype of latents and model output])])
 CONFIGS = {
@@ -129,6 +132,10 @@ CONFIGS = {
     "ddim_vpred_linspace": (
         sdxl(DDIM, prediction_type="v_prediction", timestep_spacing="linspace",
              set_alpha_to_one=True, rescale_betas_zero_snr=True), [(25, 0.0)]),
+    "ddim_trained_betas_100": (sdxl(DDIM, **TRAINED, steps_offset=0), [(25, 0.0)]),
+    "euler_a_trained_betas_zero_snr_100": (
+        sdxl(EA, **TRAINED, rescale_betas_zero_snr=True, timestep_spacing="linspace"),
+        [(7, 0.0)]),
     "ddim_sample_prediction": (
         sdxl(DDIM, prediction_type="sample", **LINEAR), [(4, 0.5)]),
 }

@@ -400,3 +400,32 @@ fn timestep_tensors_have_diffusers_dtypes() {
     assert_eq!((t.kind(), t.int64_value(&[])), (Kind::Int64, 39));
     assert!(dpm.timestep(25).is_err());
 }
+
+#[test]
+fn config_files_load_with_python_constants_and_io_errors_name_the_path() {
+    let dir = std::env::temp_dir().join(format!("sdxl-sched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("scheduler_config.json");
+    let text = r#"{"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085, "beta_end": 0.012, "lambda_min_clipped": -Infinity,
+        "use_karras_sigmas": true, "timestep_spacing": "leading", "steps_offset": 1}"#;
+    std::fs::write(&path, text).unwrap();
+    let mut s = SdxlScheduler::from_config_file(&path).unwrap();
+    assert_eq!(s.class_name(), "DPMSolverMultistepScheduler");
+    s.set_timesteps(25).unwrap();
+    assert_eq!(s.timesteps().len(), 25);
+    std::fs::write(&path, "{\"_class_name\": ").unwrap();
+    let err = SdxlScheduler::from_config_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("invalid JSON") && err.contains("scheduler_config.json"),
+        "{err}"
+    );
+    let missing = dir.join("absent.json");
+    let err = SdxlScheduler::from_config_file(&missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("absent.json"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
