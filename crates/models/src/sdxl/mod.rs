@@ -7,4 +7,5 @@ pub mod clip;
 pub mod clip_tokenizer;
 pub mod ip_adapter;
 pub mod resampler;
+pub mod schedulers;
 pub mod vae;
