@@ -8,4 +8,5 @@ pub mod clip_tokenizer;
 pub mod ip_adapter;
 pub mod resampler;
 pub mod schedulers;
+pub mod unet;
 pub mod vae;
