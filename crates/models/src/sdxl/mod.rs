@@ -8,5 +8,6 @@ pub mod clip_tokenizer;
 pub mod ip_adapter;
 pub mod resampler;
 pub mod schedulers;
+pub mod single_file;
 pub mod unet;
 pub mod vae;
