@@ -5,7 +5,9 @@
 
 pub mod clip;
 pub mod clip_tokenizer;
+pub mod folder;
 pub mod ip_adapter;
+pub mod ip_bind;
 pub mod resampler;
 pub mod schedulers;
 pub mod single_file;
