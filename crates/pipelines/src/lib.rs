@@ -4,6 +4,7 @@
 pub mod condition_run;
 pub mod demo;
 pub mod image;
+pub mod instantid;
 pub mod latent_upsample;
 pub mod ltx_condition;
 pub mod ltx_i2v;
