@@ -28,7 +28,7 @@ Writes tests/fixtures/sdxl/instantid/ (wiped first), laid out as users have the 
   depth 2, 4 queries, face embedding 32, output 10, ff_mult 2).
 - scheduler_ancestral/scheduler_config.json: EulerAncestralDiscreteScheduler from the same
   config (for the case that draws noise in every step).
-- refs.safetensors + refs.json: per case, the inputs (face embedding, keypoint image uint8) and
+- README.md; refs.safetensors + refs.json: per case, the inputs (face embedding, keypoint image uint8) and
   the intermediates: prompt_embeds / pooled ([negative; positive] with CFG), face_tokens,
   control_image, time_ids, init_latents, unet_out_0 (the first UNet call), noise_pred_0 (after
   guidance), cn_mid_0, latents_{i} after each step, image (float [H, W, 3] in [0, 1]),
@@ -191,6 +191,16 @@ class Resampler(nn.Module):
         )
         self.layers = nn.ModuleList(nn.ModuleList([PerceiverAttention(dim, heads), ff()]) for _ in range(depth))
 
+    @staticmethod
+    def of_state_dict(sd):
+        """The Resampler whose sizes these tensors have, loaded strictly."""
+        queries, dim = sd["latents"].shape[1:]
+        depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+        r = Resampler(dim, depth, dim // 64, queries, sd["proj_in.weight"].shape[1], sd["proj_out.weight"].shape[0],
+                      sd["layers.0.1.1.weight"].shape[0] // dim)
+        r.load_state_dict(sd, strict=True)
+        return r
+
     def forward(self, x):
         latents = self.latents.repeat(x.size(0), 1, 1)
         x = self.proj_in(x)
@@ -219,7 +229,8 @@ def install_face_adapter(unet, ip_state, num_tokens):
         if name.endswith("attn1.processor"):
             procs[name] = InstantXAttnProcessor2_0()
         else:
-            procs[name] = InstantXIPAttnProcessor2_0(hidden_size_of(unet, name), CROSS, 0.5, num_tokens)
+            cross = unet.config.cross_attention_dim
+            procs[name] = InstantXIPAttnProcessor2_0(hidden_size_of(unet, name), cross, 0.5, num_tokens)
     unet.set_attn_processor(procs)
     nn.ModuleList(unet.attn_processors.values()).load_state_dict(ip_state, strict=True)
 
@@ -239,7 +250,7 @@ class InstantIdReference(StableDiffusionXLControlNetPipeline):
                 p.scale = scale
 
     def encode_face(self, image_embeds, cfg):
-        emb = torch.as_tensor(image_embeds).reshape([1, -1, FACE_EMBED])
+        emb = torch.as_tensor(image_embeds).reshape([1, -1, self.image_proj_model.proj_in.in_features])
         if cfg:
             emb = torch.cat([torch.zeros_like(emb), emb], dim=0)
         return self.image_proj_model(emb).to(self.unet.dtype)
@@ -307,13 +318,16 @@ def keypoint_image(w, h):
     return img
 
 
-def write_tokenizers(root):
+def write_tokenizers(root, link=True):
     for name in ("tokenizer", "tokenizer_2"):
         (root / name).mkdir()
         for f in ("tokenizer_config.json", "special_tokens_map.json"):
             shutil.copyfile(CLIP_TOKENIZERS / name / f, root / name / f)
         for f in ("vocab.json", "merges.txt"):
-            (root / name / f).symlink_to(Path("../../../clip/tokenizer") / f)
+            if link:
+                (root / name / f).symlink_to(Path("../../../clip/tokenizer") / f)
+            else:
+                shutil.copyfile(CLIP_TOKENIZERS / "tokenizer" / f, root / name / f)
 
 
 def build_models():
@@ -346,8 +360,10 @@ def build_models():
     return te1, te2, unet, controlnet, vae, resampler, ip_state
 
 
-def save_folders(te1, te2, unet, controlnet, vae, resampler, ip_state):
-    root = OUT / "sdxl"
+def save_folders(out, te1, te2, unet, controlnet, vae, resampler, ip_state, fixture=True):
+    """The model set in `out` as users have it. `fixture`: tokenizer files symlinked to
+    make_clip.py's and fp16-only text encoders (small); else copies and float32 files."""
+    root = out / "sdxl"
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZERS / "tokenizer")
     tokenizer_2 = CLIPTokenizer.from_pretrained(CLIP_TOKENIZERS / "tokenizer_2")
     scheduler = EulerDiscreteScheduler.from_config(SDXL_BASE)
@@ -356,39 +372,56 @@ def save_folders(te1, te2, unet, controlnet, vae, resampler, ip_state):
     pipe.save_pretrained(root, safe_serialization=True)
     for name in ("tokenizer", "tokenizer_2"):
         shutil.rmtree(root / name)
-    write_tokenizers(root)
-    for name, te in (("text_encoder", te1), ("text_encoder_2", te2)):
-        shutil.rmtree(root / name)
-        te.to(torch.float16).save_pretrained(root / name, variant="fp16", safe_serialization=True)
-        te.to(torch.float32)
-    controlnet.save_pretrained(OUT / "ControlNetModel", safe_serialization=True)
+    write_tokenizers(root, link=fixture)
+    if fixture:
+        for name, te in (("text_encoder", te1), ("text_encoder_2", te2)):
+            shutil.rmtree(root / name)
+            te.to(torch.float16).save_pretrained(root / name, variant="fp16", safe_serialization=True)
+            te.to(torch.float32)
+    controlnet.save_pretrained(out / "ControlNetModel", safe_serialization=True)
     image_proj = {k: v.detach().clone() for k, v in resampler.state_dict().items()}
-    torch.save({"image_proj": image_proj, "ip_adapter": ip_state}, OUT / "ip-adapter.bin")
-    EulerAncestralDiscreteScheduler.from_config(SDXL_BASE).save_config(OUT / "scheduler_ancestral")
+    torch.save({"image_proj": image_proj, "ip_adapter": ip_state}, out / "ip-adapter.bin")
+    EulerAncestralDiscreteScheduler.from_config(SDXL_BASE).save_config(out / "scheduler_ancestral")
 
 
-def load_reference():
-    """The pipeline from the files just written, as a user would load them (float32)."""
-    root = OUT / "sdxl"
+def load_reference(out, te_variant="fp16"):
+    """The pipeline from the files in `out`, as a user would load them (float32)."""
+    root = out / "sdxl"
     f32 = torch.float32
     pipe = InstantIdReference(
         vae=AutoencoderKL.from_pretrained(root / "vae", torch_dtype=f32),
-        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", variant="fp16", dtype=f32),
-        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", variant="fp16", dtype=f32),
+        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", variant=te_variant, dtype=f32),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+            root / "text_encoder_2", variant=te_variant, dtype=f32),
         tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(root / "tokenizer_2"),
         unet=UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=f32),
-        controlnet=ControlNetModel.from_pretrained(OUT / "ControlNetModel", torch_dtype=f32),
+        controlnet=ControlNetModel.from_pretrained(out / "ControlNetModel", torch_dtype=f32),
         scheduler=EulerDiscreteScheduler.from_pretrained(root / "scheduler"),
         add_watermarker=False,
     )
     assert getattr(pipe, "watermark", None) is None
-    ckpt = torch.load(OUT / "ip-adapter.bin", map_location="cpu")
-    resampler = Resampler(**RESAMPLER).eval()
-    resampler.load_state_dict(ckpt["image_proj"], strict=True)
+    ckpt = torch.load(out / "ip-adapter.bin", map_location="cpu")
+    resampler = Resampler.of_state_dict(ckpt["image_proj"]).eval()
     pipe.set_face(resampler, ckpt["ip_adapter"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+README = """# InstantID fixtures (diffusers 0.42.1, transformers 5.23.0, torch 2.11.0; tiny random models)
+
+Made by `tools/sdxl-fixtures/make_instantid_loop.py` (its docstring says what each file holds and
+how the reference loop is computed); checked by `crates/models/tests/sdxl_folder.rs` and
+`crates/pipelines/tests/instantid_loop.rs`. Regenerate by hand from the repository root:
+
+```sh
+/tmp/ltx-venv/bin/python tools/sdxl-fixtures/make_instantid_loop.py
+```
+
+Laid out as users have the models: `sdxl/` (a diffusers SDXL folder; its text encoders ship only
+fp16 variant files), `ControlNetModel/` and `ip-adapter.bin` (InstantX's checkpoints folder).
+`sdxl/tokenizer*/vocab.json` and `merges.txt` are relative symlinks to `../clip/tokenizer/`.
+"""
 
 
 CASES = {
@@ -422,8 +455,8 @@ def main() -> None:
     OUT.mkdir(parents=True)
 
     models = build_models()
-    save_folders(*models)
-    pipe = load_reference()
+    save_folders(OUT, *models)
+    pipe = load_reference(OUT)
 
     refs, meta = {}, {}
     g = torch.Generator().manual_seed(100)
@@ -463,6 +496,7 @@ def main() -> None:
         reference="InstantIdReference(StableDiffusionXLControlNetPipeline), tools/sdxl-fixtures/make_instantid_loop.py",
     )
     (OUT / "refs.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (OUT / "README.md").write_text(README)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file() and not p.is_symlink())
     print(f"wrote {OUT.relative_to(REPO)} ({total / 1e6:.2f} MB)")
 

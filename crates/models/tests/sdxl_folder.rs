@@ -125,6 +125,57 @@ fn the_sdxl_folder_loads_with_its_fp16_only_text_encoders() {
     assert_eq!(f.weight_bytes, total);
 }
 
+/// SDXL base 1.0's model_index.json as published (RealVisXL_V5.0's differs only in the
+/// `_diffusers_version` and the `[null, null]` image encoder entries diffusers adds).
+const SDXL_BASE_INDEX: &str = r#"{
+  "_class_name": "StableDiffusionXLPipeline",
+  "_diffusers_version": "0.19.0.dev0",
+  "force_zeros_for_empty_prompt": true,
+  "add_watermarker": null,
+  "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+  "text_encoder": ["transformers", "CLIPTextModel"],
+  "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+  "tokenizer": ["transformers", "CLIPTokenizer"],
+  "tokenizer_2": ["transformers", "CLIPTokenizer"],
+  "unet": ["diffusers", "UNet2DConditionModel"],
+  "vae": ["diffusers", "AutoencoderKL"]
+}"#;
+
+#[test]
+fn sdxl_base_layout_with_its_other_formats_loads() {
+    // The hub repo also holds ONNX / OpenVINO / Flax exports and vae_1_0/ beside the
+    // safetensors; they are not read.
+    let s = Scratch::sdxl_links("base", &["unet"], |_| {});
+    std::fs::write(s.0.join("model_index.json"), SDXL_BASE_INDEX).unwrap();
+    let unet_src = sdxl().join("unet").canonicalize().unwrap();
+    let unet = s.0.join("unet");
+    std::fs::create_dir(&unet).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::os::unix::fs::symlink(unet_src.join(f), unet.join(f)).unwrap();
+    }
+    for f in [
+        "diffusion_flax_model.msgpack",
+        "openvino_model.xml",
+        "model.onnx",
+    ] {
+        std::fs::write(unet.join(f), b"not read").unwrap();
+    }
+    for d in ["vae_1_0", "vae_decoder", "vae_encoder"] {
+        std::fs::create_dir(s.0.join(d)).unwrap();
+        std::fs::write(s.0.join(d).join("model.onnx"), b"not read").unwrap();
+    }
+    let f = SdxlFolder::load(&s.0, &f32_cpu()).unwrap();
+    assert!(f.index.force_zeros_for_empty_prompt);
+    assert_eq!(
+        f.index.components.len(),
+        7,
+        "add_watermarker is a setting, not a component"
+    );
+    let mut opts = f32_cpu();
+    opts.variant = Some("fp16".into());
+    SdxlFolder::load(&s.0, &opts).unwrap();
+}
+
 #[test]
 fn a_variant_is_preferred_where_a_component_has_it() {
     let s = Scratch::sdxl_links("variant", &["vae"], |_| {});

@@ -171,8 +171,10 @@ impl InstantIdModels {
             (keypoints.height, keypoints.width),
             self.vae.spatial_ratio(),
         )?;
-        let prompt = self.encode_prompt(&p.prompt, p.negative_prompt.as_deref(), p.cfg())?;
-        self.finish_conditioning(prompt, face_embedding, keypoints, p, height, width)
+        tch::no_grad(|| {
+            let prompt = self.encode_prompt(&p.prompt, p.negative_prompt.as_deref(), p.cfg())?;
+            self.finish_conditioning(prompt, face_embedding, keypoints, p, height, width)
+        })
     }
 
     fn finish_conditioning(
