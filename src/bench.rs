@@ -4,6 +4,8 @@
 //! tiny-but-not-trivial random model both load); without its Python packages that side is
 //! skipped with the reason.
 
+mod instantid;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -19,6 +21,8 @@ use tch::{Device, Kind};
 pub enum BenchCommand {
     /// Rust vs diffusers image-to-video on the CPU, stage by stage.
     Pipeline(PipelineBench),
+    /// Rust vs diffusers (InstantX's pipeline) InstantID on the CPU, stage by stage.
+    Instantid(instantid::InstantIdBench),
     /// GPU: the memory modes (resident, model, sequential, synchronous baseline) on an
     /// LTX-shaped transformer, and host→device bandwidth raw vs the streamer's.
     Offload(crate::bench_offload::OffloadBench),
@@ -276,6 +280,7 @@ fn multiscale_side(dir: &Path, b: &PipelineBench) -> anyhow::Result<Value> {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     let b = match cmd {
         BenchCommand::Pipeline(b) => b,
+        BenchCommand::Instantid(i) => return instantid::run(i),
         BenchCommand::Http(h) => return crate::bench_http::run(h),
         BenchCommand::Offload(o) => return crate::bench_offload::run(o),
         BenchCommand::Cards(c) => return crate::bench_cards::run(c),
