@@ -13,6 +13,8 @@ use ltx_gpu::kernels::tile_accumulate::{self, Canvas, Placement, Tile};
 use ltx_gpu::kernels::KernelRegistry;
 use tch::{Device, Kind, Tensor};
 
+mod instantid;
+
 static GPU: Mutex<()> = Mutex::new(());
 const MIB: i64 = 1 << 20;
 
