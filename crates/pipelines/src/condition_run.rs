@@ -75,13 +75,7 @@ impl crate::LtxI2vPipeline {
         for c in conditions {
             c.validate(p.num_frames)?;
         }
-        let mut report = |s: Progress| -> Result<()> {
-            if cancelled() {
-                return Err(ModelError::Cancelled);
-            }
-            progress(s);
-            Ok(())
-        };
+        let mut report = crate::reporter(progress, cancelled);
         let out = tch::no_grad(|| -> Result<Tensor> {
             let (dev, kind) = (self.opts.device, self.opts.dtype);
             let mut tensors = Vec::with_capacity(conditions.len());

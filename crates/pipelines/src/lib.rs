@@ -19,3 +19,18 @@ pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress}
 pub use ltx_offload::budget::{self, BudgetSpec};
 pub use ltx_offload::OffloadMode;
 pub use memory::{MemoryOptions, MemoryReport};
+
+/// Progress reports that first ask `cancelled`: a stopped job ends at the next report with
+/// [`ltx_models::ModelError::Cancelled`]. Shared by every pipeline.
+pub(crate) fn reporter<'a, S>(
+    progress: &'a mut dyn FnMut(S),
+    cancelled: &'a dyn Fn() -> bool,
+) -> impl FnMut(S) -> ltx_models::Result<()> + 'a {
+    move |stage| {
+        if cancelled() {
+            return Err(ltx_models::ModelError::Cancelled);
+        }
+        progress(stage);
+        Ok(())
+    }
+}

@@ -613,13 +613,7 @@ impl LtxI2vPipeline {
         as_u8: bool,
     ) -> Result<Tensor> {
         p.validate()?;
-        let mut report = |stage: Progress| -> Result<()> {
-            if cancelled() {
-                return Err(ModelError::Cancelled);
-            }
-            progress(stage);
-            Ok(())
-        };
+        let mut report = crate::reporter(progress, cancelled);
         let out = tch::no_grad(|| self.run(image, p, &mut report, as_u8));
         // Whatever happened, no component stays on the device between generations.
         let idle = self.idle();

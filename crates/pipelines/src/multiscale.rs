@@ -427,13 +427,7 @@ impl crate::LtxI2vPipeline {
                 "the multi-scale flow needs a latent upsampler; none is attached".into(),
             )
         })?;
-        let mut report = |s: MultiscaleStage| -> Result<()> {
-            if cancelled() {
-                return Err(ModelError::Cancelled);
-            }
-            progress(s);
-            Ok(())
-        };
+        let mut report = crate::reporter(progress, cancelled);
         let out = tch::no_grad(|| -> Result<Tensor> {
             let image = if r.compress_condition {
                 crate::video::h264_round_trip(image)

@@ -217,7 +217,7 @@ impl InstantIdModels {
         on_step: &mut dyn FnMut(&StepState<'_>),
     ) -> Result<Tensor> {
         p.validate()?;
-        let mut report = reporter(progress, cancelled);
+        let mut report = crate::reporter(progress, cancelled);
         tch::no_grad(|| self.run_loop(c, p, &mut report, on_step))
     }
 
@@ -355,7 +355,7 @@ impl InstantIdModels {
             (keypoints.height, keypoints.width),
             self.vae.spatial_ratio(),
         )?;
-        let mut report = reporter(progress, cancelled);
+        let mut report = crate::reporter(progress, cancelled);
         let c = tch::no_grad(|| -> Result<Conditioning> {
             report(Progress::EncodingText)?;
             let prompt = self.encode_prompt(&p.prompt, p.negative_prompt.as_deref(), p.cfg())?;
@@ -365,20 +365,6 @@ impl InstantIdModels {
         let latents = tch::no_grad(|| self.run_loop(&c, p, &mut report, &mut |_| {}))?;
         report(Progress::Decoding)?;
         self.decode(&latents)
-    }
-}
-
-/// Progress reports that first ask `cancelled`.
-fn reporter<'a>(
-    progress: &'a mut dyn FnMut(Progress),
-    cancelled: &'a dyn Fn() -> bool,
-) -> impl FnMut(Progress) -> Result<()> + 'a {
-    move |stage| {
-        if cancelled() {
-            return Err(ModelError::Cancelled);
-        }
-        progress(stage);
-        Ok(())
     }
 }
 
