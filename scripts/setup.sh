@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Provisions what the build needs and nothing else: the CPU subset of libtorch 2.11.0, the CUDA
-# headers and NVRTC, from wheels pinned by sha256 in scripts/libtorch.lock, into .libtorch/.
-# Idempotent: a second run finds the stamp and does nothing. Set LIBTORCH to use your own
-# libtorch instead (then this script only checks the build tools).
+# headers and NVRTC, from wheels pinned by sha256 in scripts/libtorch.lock, into .libtorch/;
+# and the ONNX Runtime library (scripts/onnxruntime.lock) into .onnxruntime/.
+# Idempotent: a second run finds the stamps and does nothing. Set LIBTORCH to use your own
+# libtorch instead, LTX_ONNXRUNTIME to use your own libonnxruntime.so.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,49 @@ if ! have_libclang; then
     die "bindgen needs libclang: install it (Debian/Ubuntu: sudo apt-get install libclang-dev) or set LIBCLANG_PATH"
   fi
 fi
+
+# ONNX Runtime for the face crate: the C library of the pinned `onnxruntime` wheel, into
+# .onnxruntime/ (stamped like .libtorch/). Nothing links it: ort dlopens it at run time, from
+# LTX_ONNXRUNTIME when set, else from this folder. Runs in a subshell for its own clean-up trap.
+provision_onnxruntime() (
+  local ort_lock="$root/scripts/onnxruntime.lock" ort_dest="$root/.onnxruntime"
+  if [ -n "${LTX_ONNXRUNTIME:-}" ]; then
+    [ -f "$LTX_ONNXRUNTIME" ] || die "LTX_ONNXRUNTIME=$LTX_ONNXRUNTIME is not a file"
+    say "LTX_ONNXRUNTIME=$LTX_ONNXRUNTIME is set: skipping the onnxruntime download"
+    return 0
+  fi
+  local want
+  want=$(sha256sum "$ort_lock" | cut -d' ' -f1)
+  if [ -f "$ort_dest/.complete" ] && [ "$(cat "$ort_dest/.complete")" = "$want" ]; then
+    say "onnxruntime ready in $ort_dest"
+    return 0
+  fi
+  command -v python3 >/dev/null || die "python3 with pip is needed to download the pinned onnxruntime wheel"
+  command -v unzip >/dev/null || die "unzip is needed to extract the onnxruntime wheel"
+  local req sha version work
+  read -r req sha < <(grep -v '^#' "$ort_lock" | awk 'NF==2')
+  version=${req##*==}
+  work=$(mktemp -d "${TMPDIR:-/tmp}/ltx-onnxruntime.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  say "downloading $req (about 28 MB)"
+  echo "$req --hash=sha256:$sha" >"$work/requirements.txt"
+  python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+    --python-version 3.11 --implementation cp --platform manylinux_2_28_x86_64 \
+    -r "$work/requirements.txt" -d "$work/wheels"
+  local whl
+  whl=$(ls "$work/wheels/onnxruntime-${version}-"*.whl 2>/dev/null | head -n1)
+  [ -n "$whl" ] || die "pip did not deliver $req"
+  [ "$(sha256sum "$whl" | cut -d' ' -f1)" = "$sha" ] || die "$whl: sha256 differs from the pin $sha"
+  local lib="libonnxruntime.so.$version"
+  unzip -q -j "$whl" "onnxruntime/capi/$lib" -d "$work/stage"
+  [ -f "$work/stage/$lib" ] || die "extraction lost $lib"
+  ln -s "$lib" "$work/stage/libonnxruntime.so"
+  rm -rf "$ort_dest"
+  mv "$work/stage" "$ort_dest"
+  echo "$want" >"$ort_dest/.complete"
+  say "onnxruntime $version ready in $ort_dest ($(du -sh "$ort_dest" | cut -f1))"
+)
+provision_onnxruntime
 
 if [ -n "${LIBTORCH:-}" ] && [ "$(cd "$LIBTORCH" 2>/dev/null && pwd)" != "$dest" ]; then
   [ -d "$LIBTORCH/lib" ] && [ -d "$LIBTORCH/include" ] || die "LIBTORCH=$LIBTORCH has no lib/ and include/"
