@@ -7,10 +7,29 @@ use ltx_gpu::report;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// ONNX Runtime for face analysis: the library, and the provider the face device
+/// (`INSTANTID_FACE_DEVICE`, default cpu) gets from it, with the reason for any fallback.
+fn onnxruntime() -> serde_json::Value {
+    let device = std::env::var("INSTANTID_FACE_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let planned = device.parse().and_then(ltx_face::runtime::planned_provider);
+    match (ltx_face::runtime::info(), planned) {
+        (Ok(info), Ok(p)) => {
+            serde_json::json!({"available": true, "library": info, "face_device": device, "provider": p})
+        }
+        (Ok(info), Err(e)) => {
+            serde_json::json!({"available": true, "library": info, "face_device": device, "error": e.to_string()})
+        }
+        (Err(e), _) => serde_json::json!({"available": false, "reason": e.to_string()}),
+    }
+}
+
 pub fn run(json: bool) -> anyhow::Result<()> {
     let r = report::doctor();
+    let ort = onnxruntime();
     if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        v["onnxruntime"] = ort;
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
@@ -73,6 +92,24 @@ pub fn run(json: bool) -> anyhow::Result<()> {
             "lib        {name:<13} {}",
             path.as_deref().unwrap_or("(not loaded)")
         );
+    }
+    match (&ort["library"], &ort["provider"]) {
+        (lib, p) if lib.is_object() => println!(
+            "onnxrt     {} ({}, {}); face device {}: {}{}",
+            lib["version"].as_str().unwrap_or("?"),
+            lib["library"].as_str().unwrap_or("?"),
+            lib["source"].as_str().unwrap_or("?"),
+            ort["face_device"].as_str().unwrap_or("?"),
+            p["name"].as_str().or(ort["error"].as_str()).unwrap_or("?"),
+            p["fallback_reason"]
+                .as_str()
+                .map(|r| format!(" (fallback: {r})"))
+                .unwrap_or_default(),
+        ),
+        _ => println!(
+            "onnxrt     not available: {}",
+            ort["reason"].as_str().unwrap_or("?")
+        ),
     }
     if let (Some(why), false) = (ltx_gpu::cuda::cuda_required(), r.cuda.available) {
         anyhow::bail!("CUDA is required here ({why}) but not usable");

@@ -6,6 +6,7 @@ mod bench_cards;
 mod bench_http;
 mod bench_offload;
 mod doctor;
+mod faces;
 mod generate;
 mod generate_flows;
 
@@ -26,6 +27,8 @@ enum Command {
     /// Benchmarks against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Check face models and photos for InstantID: every face found, the one InstantID uses.
+    Faces(Box<faces::FacesArgs>),
     /// Report libtorch, CUDA, devices, NVRTC and kernel compilation on this machine.
     Doctor {
         /// Print the report as JSON instead of text.
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Generate(args) => generate::run(*args)?,
         Command::Bench(cmd) => bench::run(cmd)?,
+        Command::Faces(args) => faces::run(*args)?,
         Command::Doctor { json } => doctor::run(json)?,
     }
     Ok(())

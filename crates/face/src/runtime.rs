@@ -59,19 +59,17 @@ pub fn locate() -> Result<(PathBuf, &'static str)> {
 }
 
 fn load() -> std::result::Result<Runtime, String> {
-    let (library, source) = locate().map_err(|e| e.to_string())?;
+    let (library, source) = locate().map_err(|e| match e {
+        FaceError::Runtime(m) => m,
+        other => other.to_string(),
+    })?;
     let builder = ort::init_from(&library).map_err(|e| format!("{}: {e}", library.display()))?;
     let env = builder
         .with_name("ltx-face")
         .with_telemetry(false)
         .build()
         .map_err(|e| format!("{}: creating the environment: {e}", library.display()))?;
-    let build = ort::info();
-    let version = build
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|p| p.strip_prefix("git-branch=rel-"))
-        .unwrap_or(build)
-        .to_string();
+    let version = version_string(&library).unwrap_or_else(|e| format!("unknown ({e})"));
     let cuda_provider = ort::ep::CUDA::is_available().unwrap_or(false);
     tracing::info!(library = %library.display(), source, %version, cuda_provider, "ONNX Runtime loaded");
     Ok(Runtime {
@@ -83,6 +81,28 @@ fn load() -> std::result::Result<Runtime, String> {
         },
         env,
     })
+}
+
+/// `OrtGetApiBase()->GetVersionString()` of the library (already mapped by ort: the same
+/// handle), e.g. `1.32.0`.
+fn version_string(library: &Path) -> std::result::Result<String, String> {
+    // SAFETY: the library is ONNX Runtime, already loaded by ort; OrtGetApiBase takes no
+    // arguments and returns a pointer to a static struct whose GetVersionString returns a
+    // static NUL-terminated string.
+    unsafe {
+        let lib = libloading::Library::new(library).map_err(|e| e.to_string())?;
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").map_err(|e| e.to_string())?;
+        let base = get();
+        if base.is_null() {
+            return Err("OrtGetApiBase returned null".into());
+        }
+        let v = ((*base).GetVersionString)();
+        if v.is_null() {
+            return Err("no version string".into());
+        }
+        Ok(std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
 }
 
 fn runtime() -> Result<&'static Runtime> {
@@ -144,6 +164,37 @@ pub struct Provider {
     pub fallback_reason: Option<String>,
 }
 
+/// The provider a session on `device` will get, as far as the library alone decides it (CUDA
+/// registration itself is checked when a model opens), for reports such as `doctor`.
+pub fn planned_provider(device: FaceDevice) -> Result<Provider> {
+    let rt = runtime()?;
+    Ok(match device {
+        FaceDevice::Cpu => Provider {
+            name: "CPUExecutionProvider",
+            device,
+            fallback_reason: None,
+        },
+        FaceDevice::Cuda(_) if rt.info.cuda_provider => Provider {
+            name: "CUDAExecutionProvider",
+            device,
+            fallback_reason: None,
+        },
+        FaceDevice::Cuda(_) => Provider {
+            name: "CPUExecutionProvider",
+            device,
+            fallback_reason: Some(no_cuda(&rt.info)),
+        },
+    })
+}
+
+fn no_cuda(info: &RuntimeInfo) -> String {
+    format!(
+        "{} has no CUDA execution provider (a CPU-only build); set {LIBRARY_ENV} to the \
+         onnxruntime-gpu wheel's libonnxruntime.so",
+        info.library.display()
+    )
+}
+
 /// Session settings shared by the detector and the recogniser.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionOptions {
@@ -194,11 +245,7 @@ pub fn open_session(path: &Path, opts: &SessionOptions) -> Result<(Session, Prov
     let mut b = builder(rt, opts.threads).map_err(fail)?;
     if let FaceDevice::Cuda(index) = opts.device {
         let reason = if !rt.info.cuda_provider {
-            Some(format!(
-                "{} has no CUDA execution provider (a CPU-only build); set {LIBRARY_ENV} to the \
-                 onnxruntime-gpu wheel's libonnxruntime.so",
-                rt.info.library.display()
-            ))
+            Some(no_cuda(&rt.info))
         } else {
             let ep = ort::ep::CUDA::default()
                 .with_device_id(index)
