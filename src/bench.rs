@@ -31,6 +31,8 @@ pub enum BenchCommand {
     Cards(crate::bench_cards::CardsBench),
     /// Bounded load test of the HTTP API on this machine (in-process server or a loopback --url).
     Http(crate::bench_http::HttpBench),
+    /// Face detection + embedding per photo, ltx-i2v vs insightface in the same run.
+    Faces(crate::bench_faces::FacesBench),
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +286,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Http(h) => return crate::bench_http::run(h),
         BenchCommand::Offload(o) => return crate::bench_offload::run(o),
         BenchCommand::Cards(c) => return crate::bench_cards::run(c),
+        BenchCommand::Faces(f) => return crate::bench_faces::run(f),
     };
     let py = python_ready(&b);
     let model_dir = b.model_dir();

@@ -3,6 +3,7 @@ use tracing_subscriber::EnvFilter;
 
 mod bench;
 mod bench_cards;
+mod bench_faces;
 mod bench_http;
 mod bench_offload;
 mod doctor;
