@@ -107,8 +107,36 @@ fn inspect(path: PathBuf) -> ModelFile {
     }
 }
 
-fn listing(files: &[ModelFile]) -> String {
+/// Subfolders holding `.onnx` files (antelopev2's zip unpacks into `antelopev2/antelopev2/`).
+fn nested(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            std::fs::read_dir(p)
+                .map(|mut r| {
+                    r.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "onnx")))
+                })
+                .unwrap_or(false)
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+fn listing(dir: &Path, files: &[ModelFile]) -> String {
     if files.is_empty() {
+        let sub = nested(dir);
+        if !sub.is_empty() {
+            return format!(
+                "found no .onnx files here, but {} has some: point at that folder",
+                sub.join(" and ")
+            );
+        }
         return "found no .onnx files".into();
     }
     let each: Vec<String> = files
@@ -151,14 +179,14 @@ pub fn discover(dir: &Path) -> Result<FaceModels> {
         err(format!(
             "no detector: {}; expected scrfd_10g_bnkps.onnx (antelopev2) or det_10g.onnx (buffalo_l), \
              an ONNX graph with 5 or more outputs",
-            listing(&files)
+            listing(dir, &files)
         ))
     })?;
     let recogniser = first(Role::Recogniser).ok_or_else(|| {
         err(format!(
             "no recogniser: {}; expected glintr100.onnx (antelopev2) or w600k_r50.onnx (buffalo_l), \
              an ONNX graph with a square input of 112 pixels or more, divisible by 16",
-            listing(&files)
+            listing(dir, &files)
         ))
     })?;
     let name = |f: &ModelFile| f.path.display().to_string();

@@ -141,3 +141,29 @@ fn unusable_file_is_reported_with_its_reason() {
     std::fs::remove_dir_all(dir).ok();
     std::fs::remove_dir_all(empty).ok();
 }
+
+#[test]
+fn a_nested_download_folder_is_pointed_out() {
+    let outer = folder("nested", &[]);
+    std::fs::create_dir_all(outer.join("antelopev2")).expect("subfolder");
+    std::fs::copy(
+        fixture_models().join("glintr100.onnx"),
+        outer.join("antelopev2/glintr100.onnx"),
+    )
+    .expect("copy");
+    let e = discover(&outer)
+        .expect_err("nothing at the top")
+        .to_string();
+    assert!(
+        e.contains("found no .onnx files here, but")
+            && e.contains("antelopev2 has some: point at that folder"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(outer).ok();
+}
+
+#[test]
+fn face_analysis_can_move_to_a_worker_thread() {
+    fn send<T: Send>() {}
+    send::<ltx_face::FaceAnalysis>();
+}
