@@ -131,7 +131,8 @@ impl FlowMatchSchedule {
             if last == 0.0 {
                 // diffusers divides by zero here and denoises with NaN sigmas.
                 return Err(ModelError::InvalidInput(format!(
-                    "{steps} step(s) with shift_terminal {terminal}: the schedule ends at sigma 1,                      so it cannot be stretched to the terminal value; use at least 2 steps"
+                    "{steps} step(s) with shift_terminal {terminal}: the schedule ends at sigma 1, \
+                     so it cannot be stretched to the terminal value; use at least 2 steps"
                 )));
             }
             let scale = last / (1.0 - terminal as f32);
