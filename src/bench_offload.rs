@@ -177,6 +177,7 @@ pub fn run(b: OffloadBench) -> anyhow::Result<()> {
         height: 1,
         width: 1,
         decoder_channels: 1,
+        decoder_patch: 1,
         decode_tile: None,
         elem: 2,
     })

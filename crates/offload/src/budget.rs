@@ -12,16 +12,28 @@
 //!   hidden state before and after GELU (2·4), with B the batch (2 with CFG), S latent tokens,
 //!   D the hidden size and e bytes per element — plus the step's latents in float32;
 //! - text encoder: `B·L·d_model·e · 8` (same structure at sequence length L);
-//! - VAE decode: `4 · C·F·H·W · e` at the decoder's widest stage after upsampling — the
-//!   output-resolution stage with the last channel count (`decoder_block_out_channels[0]`),
-//!   four tensors alive around a residual block — plus the output video in float32; tiled,
-//!   the same for one tile plus the float32 canvas, weight sum and output (`7·F·H·W·4`);
+//! - VAE decode of `P = F·H·W` output pixels: the decoder's last stage runs at `H/p × W/p`
+//!   (p the VAE's patch size) with its last channel count C, four tensors alive around a
+//!   residual block: `4 · C·P/p² · e`; then four video-sized float32 tensors (`4 · 3P · 4`: the
+//!   last convolution's output — 3·p² channels at the last stage — its un-patchified copy, and
+//!   the two temporaries of the conversion to bytes), and the uint8 frames (`3P`). Tiled, the
+//!   same working set for one tile, plus the float32 canvas, weight sum and output over the
+//!   whole video (`7·P·4`);
 //! - latent upsample (multi-scale flow): `4 · M·F·(2h)·(2w)·e`, four tensors of the
 //!   upsampler's mid channels M at the doubled latent size (the pixel-shuffle input at the low
 //!   size is as large) — with the upsampler's weights alone in `model`/`sequential`.
 //!
 //! The factors are from the structure of the computation; `ltx-i2v bench offload` prints the
-//! transformer estimate beside the measured peak so they can be checked on a GPU.
+//! transformer estimate beside the measured peak so they can be checked on a GPU, and the
+//! server's host-memory test checks the whole estimate against the peak resident memory of
+//! CPU jobs (`tests/http_host_memory.rs`).
+//!
+//! **Host memory.** [`estimate_host_peak`] applies the same per-stage formulas to the host:
+//! on the CPU device every weight is resident and every stage's activations are host memory
+//! (the `none` estimate), and loading holds the largest component twice for a moment (its
+//! file or random draw, and the tensors made from it); on a GPU the host holds the pinned
+//! master copies in `model`/`sequential`, the largest component while it loads, and the uint8
+//! video copied back for encoding. [`BudgetSpec::host_bytes`] resolves `LTX_HOST_BUDGET`.
 
 use serde::Serialize;
 
@@ -67,8 +79,10 @@ pub struct Shape {
     pub frames: u64,
     pub height: u64,
     pub width: u64,
-    /// Channels of the decoder's last (full-resolution) stage.
+    /// Channels of the decoder's last stage (before its output is un-patchified).
     pub decoder_channels: u64,
+    /// The VAE's spatial patch size: the decoder's last stage runs at height/p × width/p.
+    pub decoder_patch: u64,
     /// Tiled decoding: a tile's `[frames, height, width]` in samples (None: untiled).
     pub decode_tile: Option<[u64; 3]>,
     /// Bytes per element of weights and activations (2 for bf16).
@@ -80,13 +94,16 @@ impl Workload {
         let tr = s.batch * s.tokens * s.hidden * s.elem * 14 + s.tokens * s.hidden * 4;
         let text = s.batch * s.text_len * s.text_hidden * s.elem * 8;
         let pixels = s.frames * s.height * s.width;
+        let p2 = (s.decoder_patch * s.decoder_patch).max(1);
+        // The decoder's last stage and the video-sized float32 tensors after it.
+        let working_set = |px: u64| 4 * s.decoder_channels * px / p2 * s.elem + 4 * 3 * px * 4;
         let decode = match s.decode_tile {
-            None => 4 * s.decoder_channels * pixels * s.elem + 3 * pixels * 4,
+            None => working_set(pixels) + 3 * pixels,
             // One tile's working set, plus the float32 canvas (3 channels), its weight sum and
             // the output video.
             Some([f, h, w]) => {
                 let tile = f.min(s.frames) * h.min(s.height) * w.min(s.width);
-                4 * s.decoder_channels * tile * s.elem + (3 + 1 + 3) * pixels * 4
+                working_set(tile) + (3 + 1 + 3) * pixels * 4
             }
         };
         Self {
@@ -123,6 +140,60 @@ pub fn estimate_peak(w: &Workload, c: &ComponentSizes, mode: OffloadMode, k: usi
         .max(tr_w + w.transformer_activations)
         .max(vae_w + w.decode_activations)
         .max(upsample)
+}
+
+impl ComponentSizes {
+    /// Every component's weights.
+    pub fn total(&self) -> u64 {
+        self.text_encoder + self.transformer + self.vae + self.upsampler
+    }
+
+    /// The largest component's weights.
+    pub fn largest(&self) -> u64 {
+        self.text_encoder
+            .max(self.transformer)
+            .max(self.vae)
+            .max(self.upsampler)
+    }
+}
+
+/// Where the model runs, as the host sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPlacement {
+    /// The CPU device: weights and activations are host memory.
+    Cpu,
+    /// A GPU in this offload mode: the host holds the master copies (`model`, `sequential`).
+    Cuda(OffloadMode),
+}
+
+/// Peak host bytes of a generation (beyond the process's own baseline), by the formulas of
+/// [`estimate_peak`]: see the module documentation. `video_bytes` is the uint8 video the
+/// encoder reads on the host (`F·H·W·3`).
+pub fn estimate_host_peak(
+    w: &Workload,
+    c: &ComponentSizes,
+    placement: HostPlacement,
+    video_bytes: u64,
+) -> u64 {
+    match placement {
+        HostPlacement::Cpu => {
+            (c.total() + c.largest()).max(estimate_peak(w, c, OffloadMode::None, 0))
+        }
+        HostPlacement::Cuda(mode) => {
+            let pinned = if mode == OffloadMode::None {
+                0
+            } else {
+                c.total()
+            };
+            (pinned + c.largest()).max(pinned + video_bytes)
+        }
+    }
+}
+
+/// Score-matrix bytes of one attention call that materialises them (the `math` backend):
+/// `batch·heads·Sq·Sk` float32 scores and as many probabilities.
+pub fn attention_scores_bytes(batch: u64, heads: u64, queries: u64, keys: u64) -> u64 {
+    2 * batch * heads * queries * keys * 4
 }
 
 /// The modes from the most to the least device memory, with sequential's prefetch depths.
@@ -266,11 +337,26 @@ pub enum BudgetSpec {
 /// What `auto` leaves unused: the CUDA context, cuBLAS workspaces, fragmentation.
 pub const AUTO_MARGIN: u64 = 1 << 30;
 
+/// The host budget's `auto`: this share of the memory available at start-up (the rest stays
+/// with the page cache and the machine's other processes).
+pub const HOST_AUTO_SHARE: f64 = 0.5;
+
 impl BudgetSpec {
     /// `free`, `total`: the driver's figures; `reserved`: torch's caching allocator's.
     pub fn bytes(&self, free: u64, total: u64, reserved: u64) -> u64 {
         match *self {
             Self::Auto => (free + reserved).saturating_sub(AUTO_MARGIN),
+            Self::Bytes(b) => b,
+            Self::Fraction(f) => (total as f64 * f) as u64,
+        }
+    }
+
+    /// The host budget, a bound on the process's resident memory: `available` and `total` are
+    /// the kernel's `MemAvailable` and `MemTotal` at start-up, `resident` the process's own
+    /// resident memory then. `auto`: what it holds plus [`HOST_AUTO_SHARE`] of `available`.
+    pub fn host_bytes(&self, available: u64, total: u64, resident: u64) -> u64 {
+        match *self {
+            Self::Auto => resident + (available as f64 * HOST_AUTO_SHARE) as u64,
             Self::Bytes(b) => b,
             Self::Fraction(f) => (total as f64 * f) as u64,
         }
@@ -287,9 +373,8 @@ impl std::str::FromStr for BudgetSpec {
         if t.eq_ignore_ascii_case("auto") {
             return Ok(Self::Auto);
         }
-        let bad = || {
-            format!("VRAM budget {s:?}: expected auto, a fraction in (0, 1] or a size like 12GiB")
-        };
+        let bad =
+            || format!("budget {s:?}: expected auto, a fraction in (0, 1] or a size like 12GiB");
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
@@ -348,6 +433,7 @@ mod tests {
             height: 512,
             width: 768,
             decoder_channels: 128,
+            decoder_patch: 4,
             decode_tile: None,
             elem: 2,
         }
@@ -361,7 +447,47 @@ mod tests {
             ..shape()
         })
         .decode_activations;
-        assert!(tiled * 3 < untiled, "{tiled} vs {untiled}");
+        assert!(tiled * 2 < untiled, "{tiled} vs {untiled}");
+        // Untiled: the last stage (128 channels at a quarter of the size, bf16), four
+        // video-sized float32 tensors, the uint8 frames.
+        let px = 121 * 512 * 768;
+        assert_eq!(untiled, 4 * 128 * px / 16 * 2 + 48 * px + 3 * px);
+    }
+
+    #[test]
+    fn host_memory_counts_what_lives_on_the_host() {
+        let w = Workload::of(&Shape { elem: 4, ..shape() });
+        let c = sizes();
+        // The CPU device: every weight and the largest stage, as the resident estimate, once
+        // the decode outgrows loading's extra copy of the largest component.
+        let big = Workload {
+            decode_activations: 20_000_000_000,
+            ..w
+        };
+        assert_eq!(
+            estimate_host_peak(&big, &c, HostPlacement::Cpu, 0),
+            estimate_peak(&big, &c, OffloadMode::None, 0)
+        );
+        assert_eq!(
+            estimate_host_peak(&w, &c, HostPlacement::Cpu, 0),
+            c.total() + c.text_encoder
+        );
+        // Tiny activations: loading (the largest component held twice) is the peak.
+        let idle = Workload::default();
+        assert_eq!(
+            estimate_host_peak(&idle, &c, HostPlacement::Cpu, 0),
+            c.total() + c.text_encoder
+        );
+        // A GPU: the pinned copies in the offload modes, nothing of them when resident.
+        let video = 3 * 121 * 512 * 768;
+        let model = estimate_host_peak(&w, &c, HostPlacement::Cuda(OffloadMode::Model), video);
+        assert_eq!(model, c.total() + c.text_encoder.max(video));
+        let none = estimate_host_peak(&w, &c, HostPlacement::Cuda(OffloadMode::None), video);
+        assert_eq!(none, c.text_encoder.max(video));
+        assert_eq!(
+            attention_scores_bytes(2, 4, 100, 100),
+            2 * 2 * 4 * 100 * 100 * 4
+        );
     }
 
     #[test]
@@ -376,8 +502,13 @@ mod tests {
             none > model && model >= seq2 && seq2 >= seq0,
             "{none} {model} {seq2} {seq0}"
         );
-        // Untiled, the full-resolution decode dominates every frugal mode.
-        assert_eq!(model, c.vae + w.decode_activations);
+        // model: the largest of each component with its own stage.
+        assert_eq!(
+            model,
+            (c.text_encoder + w.text_activations)
+                .max(c.transformer + w.transformer_activations)
+                .max(c.vae + w.decode_activations)
+        );
         // With a small decode (tiled), the streamed modes are strictly smaller.
         let tiled = Workload {
             decode_activations: 100_000_000,
@@ -552,5 +683,9 @@ mod tests {
         assert_eq!(Fraction(0.5).bytes(0, 16 << 30, 0), 8 << 30);
         assert_eq!(Auto.bytes(10 << 30, 16 << 30, 2 << 30), 11 << 30);
         assert_eq!(Auto.bytes(100, 16 << 30, 0), 0);
+        // Host: what the process holds plus half of what is available; fractions of the total.
+        assert_eq!(Auto.host_bytes(10 << 30, 24 << 30, 1 << 30), 6 << 30);
+        assert_eq!(Fraction(0.25).host_bytes(10 << 30, 24 << 30, 0), 6 << 30);
+        assert_eq!(Bytes(5).host_bytes(10 << 30, 24 << 30, 1 << 30), 5);
     }
 }

@@ -60,10 +60,9 @@ fn vae() -> LtxVaeConfig {
     }
 }
 
-/// The 0.9.1 scheduler settings.
-/// LTX-Video 0.9.7/0.9.8's scheduler (every default: no dynamic shift, which the condition
-/// pipeline of the multi-scale flow refuses), so the demo runs both flows.
-fn scheduler() -> FlowMatchConfig {
+/// The demo's scheduler: LTX-Video 0.9.7/0.9.8's (every default: no dynamic shift, which the
+/// condition pipeline of the multi-scale flow refuses), so the demo runs both flows.
+pub fn demo_scheduler() -> FlowMatchConfig {
     FlowMatchConfig::default()
 }
 
@@ -72,13 +71,17 @@ fn scheduler() -> FlowMatchConfig {
 /// parameter handles (for [`crate::LtxI2vPipeline::set_upsampler`]).
 pub fn demo_upsampler(opts: LoadOptions) -> Result<Upsampler> {
     ltx_gpu::manual_seed(DEMO_SEED + 1);
-    let cfg = ltx_models::ltx::LtxUpsamplerConfig {
+    random_upsampler(demo_upsampler_config(), opts, None)
+}
+
+/// The shape of [`demo_upsampler`].
+pub fn demo_upsampler_config() -> ltx_models::ltx::LtxUpsamplerConfig {
+    ltx_models::ltx::LtxUpsamplerConfig {
         in_channels: vae().latent_channels,
         mid_channels: 32,
         num_blocks_per_stage: 1,
         ..Default::default()
-    };
-    random_upsampler(cfg, opts, None)
+    }
 }
 
 /// Attaches [`demo_upsampler`] to `pipe` (placed as its memory mode places components).
@@ -181,7 +184,7 @@ pub fn random_pipeline(
             )?),
             transformer: LtxTransformer::new(&stores[1].root(), shapes.transformer.clone())?,
             vae: LtxVae::new(&stores[2].root(), shapes.vae.clone())?,
-            scheduler: scheduler(),
+            scheduler: demo_scheduler(),
             weight_bytes: stores.iter().map(WeightStore::loaded_bytes).sum(),
             params: ComponentParams {
                 text_encoder: stores[0].take_params(),

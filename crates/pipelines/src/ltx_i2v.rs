@@ -30,7 +30,9 @@ use ltx_offload::budget::{ComponentSizes, Shape, Workload};
 use ltx_offload::weights::{group_sizes, ltx_transformer_unit, t5_unit};
 use ltx_offload::OffloadMode;
 
-fn component_sizes(p: &ComponentParams) -> ComponentSizes {
+/// Weight bytes of each component and of their streaming units, from the parameter handles
+/// (which may come from a shape-only store: the sizes of a model that is not loaded).
+pub fn component_sizes(p: &ComponentParams) -> ComponentSizes {
     let (text_encoder, text_remainder, text_max_unit) = group_sizes(&p.text_encoder, t5_unit);
     let (transformer, transformer_remainder, transformer_max_unit) =
         group_sizes(&p.transformer, ltx_transformer_unit);
@@ -45,6 +47,43 @@ fn component_sizes(p: &ComponentParams) -> ComponentSizes {
         text_remainder,
         text_max_unit,
     }
+}
+
+/// [`LtxI2vPipeline::workload`] from the components' configs alone (no weights needed: the
+/// server plans a job before the model is loaded). `dtype` is the weights' and activations'.
+pub fn i2v_workload(
+    tcfg: &LtxTransformerConfig,
+    vcfg: &LtxVaeConfig,
+    dtype: Kind,
+    tiling: Option<&TileConfig>,
+    p: &I2vParams,
+) -> Workload {
+    let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
+    let tokens = ((p.num_frames - 1) / tr + 1) * (p.height / sr) * (p.width / sr);
+    // The decoder's last stage, before the output is un-patchified: its channel count is the
+    // last block's after its upsampler's channel reduction.
+    let last = |v: &[i64]| v.first().copied().unwrap_or(1).max(1);
+    Workload::of(&Shape {
+        batch: if p.cfg() { 2 } else { 1 },
+        tokens: tokens as u64,
+        hidden: tcfg.inner_dim() as u64,
+        text_len: p.max_sequence_length as u64,
+        text_hidden: tcfg.caption_channels as u64,
+        frames: p.num_frames as u64,
+        height: p.height as u64,
+        width: p.width as u64,
+        decoder_channels: (last(&vcfg.decoder_block_out_channels) / last(&vcfg.upsample_factor))
+            as u64,
+        decoder_patch: vcfg.patch_size.max(1) as u64,
+        decode_tile: tiling.map(|t| {
+            [
+                t.tile_frames as u64 + 1,
+                t.tile_sample_height as u64,
+                t.tile_sample_width as u64,
+            ]
+        }),
+        elem: dtype.elt_size_in_bytes() as u64,
+    })
 }
 
 /// One generation's settings (diffusers' argument names and defaults).
@@ -394,33 +433,13 @@ impl LtxI2vPipeline {
     /// The device memory a generation with `p` needs besides weights (see
     /// [`ltx_offload::budget`] for the formula).
     pub fn workload(&self, p: &I2vParams) -> Workload {
-        let vcfg = self.vae.config();
-        let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
-        let tokens = ((p.num_frames - 1) / tr + 1) * (p.height / sr) * (p.width / sr);
-        let tcfg = self.transformer.config();
-        Workload::of(&Shape {
-            batch: if p.cfg() { 2 } else { 1 },
-            tokens: tokens as u64,
-            hidden: tcfg.inner_dim() as u64,
-            text_len: p.max_sequence_length as u64,
-            text_hidden: tcfg.caption_channels as u64,
-            frames: p.num_frames as u64,
-            height: p.height as u64,
-            width: p.width as u64,
-            decoder_channels: vcfg
-                .decoder_block_out_channels
-                .first()
-                .copied()
-                .unwrap_or(128) as u64,
-            decode_tile: self.vae_tiling.as_ref().map(|t| {
-                [
-                    t.tile_frames as u64 + 1,
-                    t.tile_sample_height as u64,
-                    t.tile_sample_width as u64,
-                ]
-            }),
-            elem: self.opts.dtype.elt_size_in_bytes() as u64,
-        })
+        i2v_workload(
+            self.transformer.config(),
+            self.vae.config(),
+            self.opts.dtype,
+            self.vae_tiling.as_ref(),
+            p,
+        )
     }
 
     /// Loads with `load` (a folder, a single file, the demo) for `device` in the memory mode

@@ -380,33 +380,18 @@ impl crate::LtxI2vPipeline {
         &self,
         p: &MultiscaleParams,
     ) -> Result<ltx_offload::budget::Workload> {
-        let ((w1, h1), (w2, h2)) = p.pass_sizes()?;
-        let pass = |width, height| crate::I2vParams {
-            width,
-            height,
-            num_frames: p.output_frames(),
-            steps: 1,
-            guidance_scale: p.guidance_scale,
-            max_sequence_length: CONDITION_TOKENS,
-            ..crate::I2vParams::default()
-        };
-        let (low, refine) = (self.workload(&pass(w1, h1)), self.workload(&pass(w2, h2)));
-        let vcfg = self.vae.config();
-        let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
-        let latent_frames = ((p.output_frames() - 1) / tr + 1) as u64;
         let mid = self.upsampler.as_ref().map_or(
             ltx_models::ltx::LtxUpsamplerConfig::default().mid_channels,
             |u| u.config().mid_channels,
-        ) as u64;
-        let up_pixels = latent_frames * (2 * (h1 / sr) as u64) * (2 * (w1 / sr) as u64);
-        Ok(ltx_offload::budget::Workload {
-            text_activations: low.text_activations.max(refine.text_activations),
-            transformer_activations: low
-                .transformer_activations
-                .max(refine.transformer_activations),
-            decode_activations: refine.decode_activations,
-            upsample_activations: 4 * mid * up_pixels * self.opts.dtype.elt_size_in_bytes() as u64,
-        })
+        );
+        multiscale_workload(
+            self.transformer.config(),
+            self.vae.config(),
+            self.opts.dtype,
+            self.vae_tiling.as_ref(),
+            mid,
+            p,
+        )
     }
 
     /// The multi-scale flow on this pipeline's components and its attached upsampler
@@ -462,4 +447,40 @@ impl crate::LtxI2vPipeline {
         idle?;
         Ok(out)
     }
+}
+
+/// [`LtxI2vPipeline::multiscale_workload`] from the configs alone (the server plans a job
+/// before the model is loaded); `upsampler_mid_channels` is the latent upsampler's width.
+pub fn multiscale_workload(
+    tcfg: &ltx_models::ltx::LtxTransformerConfig,
+    vcfg: &ltx_models::ltx::LtxVaeConfig,
+    dtype: tch::Kind,
+    tiling: Option<&crate::tiled_decode::TileConfig>,
+    upsampler_mid_channels: i64,
+    p: &MultiscaleParams,
+) -> Result<ltx_offload::budget::Workload> {
+    let ((w1, h1), (w2, h2)) = p.pass_sizes()?;
+    let pass = |width, height| crate::I2vParams {
+        width,
+        height,
+        num_frames: p.output_frames(),
+        steps: 1,
+        guidance_scale: p.guidance_scale,
+        max_sequence_length: CONDITION_TOKENS,
+        ..crate::I2vParams::default()
+    };
+    let workload = |q| crate::ltx_i2v::i2v_workload(tcfg, vcfg, dtype, tiling, &q);
+    let (low, refine) = (workload(pass(w1, h1)), workload(pass(w2, h2)));
+    let (sr, tr) = (vcfg.spatial_ratio(), vcfg.temporal_ratio());
+    let latent_frames = ((p.output_frames() - 1) / tr + 1) as u64;
+    let mid = upsampler_mid_channels as u64;
+    let up_pixels = latent_frames * (2 * (h1 / sr) as u64) * (2 * (w1 / sr) as u64);
+    Ok(ltx_offload::budget::Workload {
+        text_activations: low.text_activations.max(refine.text_activations),
+        transformer_activations: low
+            .transformer_activations
+            .max(refine.transformer_activations),
+        decode_activations: refine.decode_activations,
+        upsample_activations: 4 * mid * up_pixels * dtype.elt_size_in_bytes() as u64,
+    })
 }

@@ -282,18 +282,27 @@ pub fn finalize_u8(
     }
 }
 
-/// [`finalize_u8`] in tch ops, on any device.
+/// [`finalize_u8`] in tch ops, on any device. One frame at a time: the float temporaries of
+/// the conversion stay the size of a frame, not of the video (on the CPU device the canvas of
+/// a long video is gigabytes).
 pub fn finalize_reference(
     out: &Tensor,
     wsum: &Tensor,
     scale: f32,
     offset: f32,
 ) -> Result<Tensor, GpuError> {
-    let x = (out.f_div(&wsum.f_unsqueeze(0)?)? * f64::from(scale)) + f64::from(offset);
-    Ok((x.f_clamp(0.0, 1.0)? * 255.0)
-        .f_to_kind(Kind::Uint8)?
-        .f_permute([1, 2, 3, 0])?
-        .f_contiguous()?)
+    let o = out.size();
+    let dst = Tensor::f_empty([o[1], o[2], o[3], o[0]], (Kind::Uint8, out.device()))?;
+    for f in 0..o[1] {
+        let frame = out.f_narrow(1, f, 1)?;
+        let x = (frame.f_div(&wsum.f_narrow(0, f, 1)?.f_unsqueeze(0)?)? * f64::from(scale))
+            + f64::from(offset);
+        let bytes = (x.f_clamp(0.0, 1.0)? * 255.0)
+            .f_to_kind(Kind::Uint8)?
+            .f_permute([1, 2, 3, 0])?;
+        dst.f_narrow(0, f, 1)?.f_copy_(&bytes)?;
+    }
+    Ok(dst)
 }
 
 fn finalize_launch(
