@@ -72,3 +72,64 @@ fn openapi_document_validates_and_matches_the_routes() {
     assert!(body["application/json"].is_object(), "{body}");
     assert!(body["multipart/form-data"].is_object(), "{body}");
 }
+
+/// `#/components/schemas/X` resolved in `doc` (other schemas as they are).
+fn resolve<'a>(doc: &'a serde_json::Value, schema: &'a serde_json::Value) -> &'a serde_json::Value {
+    match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+#[test]
+fn files_are_described_as_binary() {
+    let server = start("openapi-binary", &[]);
+    let doc = request(&server.addr, "GET", "/openapi.json", None, b"").json();
+    let mut videos = 0;
+    let mut forms = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let mut contents: Vec<(String, &serde_json::Value)> = Vec::new();
+            if let Some(c) = op["requestBody"]["content"].as_object() {
+                contents.extend(c.iter().map(|(t, m)| (format!("request {t}"), m)));
+            }
+            for (status, resp) in op["responses"].as_object().unwrap() {
+                if let Some(c) = resp["content"].as_object() {
+                    contents.extend(c.iter().map(|(t, m)| (format!("{status} {t}"), m)));
+                }
+            }
+            for (what, media) in contents {
+                let schema = resolve(&doc, &media["schema"]);
+                let at = format!("{method} {path} {what}");
+                // A byte body must never look like a list of numbers to a client.
+                assert_ne!(schema["type"], "array", "{at}: {schema}");
+                if what.ends_with("video/mp4") {
+                    videos += 1;
+                    assert_eq!(
+                        (
+                            schema["type"].as_str(),
+                            schema["format"].as_str(),
+                            schema["contentMediaType"].as_str()
+                        ),
+                        (Some("string"), Some("binary"), Some("video/mp4")),
+                        "{at}: {schema}"
+                    );
+                }
+                if what.ends_with("multipart/form-data") {
+                    forms += 1;
+                    let image = &schema["properties"]["image"];
+                    assert_eq!(
+                        (image["type"].as_str(), image["format"].as_str()),
+                        (Some("string"), Some("binary")),
+                        "{at}: {image}"
+                    );
+                }
+            }
+        }
+    }
+    // The MP4 of `?wait=true`, of `/i2v`, and the result's 200 and 206; two multipart forms.
+    assert_eq!((videos, forms), (4, 2));
+}

@@ -102,6 +102,13 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_VRAM_BUDGET", default_value = "auto")]
     pub ltx_vram_budget: String,
 
+    /// Host memory the server process may hold (its resident memory): `auto` (what it holds
+    /// at start-up plus half of the memory available then), a fraction of the machine's memory
+    /// (`0.5`) or a size (`16GiB`). A job whose estimated peak exceeds it runs with tiled
+    /// decoding (and chunked attention) if that fits, else is refused with 422 at submission.
+    #[arg(long, env = "LTX_HOST_BUDGET", default_value = "auto")]
+    pub ltx_host_budget: String,
+
     /// A done job's video is kept this many seconds, then deleted (its id then answers 410).
     #[arg(long, env = "LTX_RESULT_MAX_AGE_S", default_value_t = 24 * 3600)]
     pub result_max_age_s: u64,
@@ -159,6 +166,9 @@ impl ServeConfig {
         }
         if let Err(e) = self.ltx_vram_budget.parse::<ltx_pipelines::BudgetSpec>() {
             return bad(format!("--ltx-vram-budget (LTX_VRAM_BUDGET): {e}"));
+        }
+        if let Err(e) = self.ltx_host_budget.parse::<ltx_pipelines::BudgetSpec>() {
+            return bad(format!("--ltx-host-budget (LTX_HOST_BUDGET): {e}"));
         }
         if self.result_max_age_s == 0 {
             return bad("--result-max-age-s (LTX_RESULT_MAX_AGE_S) must be at least 1".into());

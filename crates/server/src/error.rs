@@ -52,6 +52,17 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
+    #[error(
+        "insufficient host memory for this job: it needs about {} (estimated peak resident \
+         memory of the server, with tiled decoding) and the host budget is {} \
+         (LTX_HOST_BUDGET); lower width, height or num_frames",
+        crate::host_memory::gb(*estimate_bytes),
+        crate::host_memory::gb(*budget_bytes)
+    )]
+    InsufficientMemory {
+        estimate_bytes: u64,
+        budget_bytes: u64,
+    },
     #[error("the queue is full ({capacity} jobs waiting); retry later")]
     QueueFull { capacity: usize },
     #[error("the worker has stopped; the server is shutting down or unhealthy")]
@@ -70,6 +81,10 @@ struct ErrorBody {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimate_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget_bytes: Option<u64>,
 }
 
 impl ApiError {
@@ -86,6 +101,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            Self::InsufficientMemory { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_memory")
+            }
             Self::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
@@ -105,10 +123,19 @@ impl IntoResponse for ApiError {
             Self::Invalid { field, .. } => Some(*field),
             _ => None,
         };
+        let (estimate_bytes, budget_bytes) = match &self {
+            Self::InsufficientMemory {
+                estimate_bytes,
+                budget_bytes,
+            } => (Some(*estimate_bytes), Some(*budget_bytes)),
+            _ => (None, None),
+        };
         let body = ErrorBody {
             error_type,
             message: self.to_string(),
             field,
+            estimate_bytes,
+            budget_bytes,
         };
         let mut resp = (status, Json(body)).into_response();
         if matches!(self, Self::QueueFull { .. }) {

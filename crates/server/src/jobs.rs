@@ -105,6 +105,10 @@ pub struct JobStatus {
     pub seed: u64,
     /// GPU only: the memory mode the job ran in, and why when it is not the configured one.
     pub memory: Option<JobMemory>,
+    /// The host memory plan made at submission: the estimated peak resident memory of the
+    /// process while the job runs, the budget it fits, and what was turned on to fit it.
+    #[serde(default)]
+    pub host_memory: Option<HostMemory>,
     /// Unix seconds after which the result may be deleted (set when the job is done).
     pub expires_at: Option<u64>,
     /// The result was deleted by the retention policy.
@@ -133,6 +137,21 @@ pub struct JobMemory {
     pub fallback: Option<String>,
 }
 
+/// The host memory plan of a job (`LTX_HOST_BUDGET`), made when it was submitted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostMemory {
+    /// The estimated peak resident memory of the server process while the job runs.
+    pub estimate_bytes: u64,
+    /// The host budget it was checked against.
+    pub budget_bytes: u64,
+    /// Whether the video is decoded in tiles.
+    pub tiled_decode: bool,
+    /// The attention backend the job runs with.
+    pub attention: String,
+    /// What differs from the configured settings to fit the budget, and why.
+    pub reason: Option<String>,
+}
+
 /// What a job generates.
 pub enum WorkKind {
     /// `LTXImageToVideoPipeline`.
@@ -148,6 +167,9 @@ pub struct Work {
     /// The MP4's frame rate.
     pub fps: f64,
     pub warnings: Vec<String>,
+    /// How it runs (tiling, attention), decided at submission.
+    pub plan: crate::admission::JobPlan,
+    pub host_memory: Option<HostMemory>,
 }
 
 impl Work {
@@ -263,6 +285,7 @@ impl JobStore {
             model,
             seed: work.seed(),
             memory: None,
+            host_memory: work.host_memory.clone(),
             expires_at: None,
             expired: false,
             warnings: work.warnings.clone(),

@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::jobs::{Job, JobState, JobStatus};
 use crate::request::{I2vForm, I2vRequest, TEXT_FIELDS};
-use crate::routes::{ApiErrorBody, AppState};
+use crate::routes::{ApiErrorBody, AppState, Mp4File};
 use crate::worker::Command;
 use crate::ApiError;
 
@@ -183,16 +183,16 @@ pub(crate) async fn read_form_fields(
     responses(
         (status = 202, description = "Queued (or, with `?wait=true`, not finished in time)", body = Submitted,
             headers(("Location" = String, description = "The job's status URL"))),
-        (status = 200, description = "`?wait=true`: the video", content_type = "video/mp4", body = Vec<u8>),
+        (status = 200, description = "`?wait=true`: the video", content_type = "video/mp4", body = Mp4File),
         (status = 400, description = "Malformed JSON, multipart or query", body = ApiErrorBody),
         (status = 409, description = "`?wait=true`: the job was cancelled", body = ApiErrorBody),
         (status = 413, description = "Body over the size limit", body = ApiErrorBody),
         (status = 415, description = "Neither JSON nor multipart", body = ApiErrorBody),
-        (status = 422, description = "A field breaks a rule; `field` names it", body = ApiErrorBody),
+        (status = 422, description = "A field breaks a rule (`field` names it; `multiscale` without an upsampler is one), or the job would not fit the host memory budget (`insufficient_memory`, with `estimate_bytes` and `budget_bytes`)", body = ApiErrorBody),
         (status = 429, description = "The queue is full; see Retry-After", body = ApiErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
         (status = 500, description = "`?wait=true`: the job failed", body = ApiErrorBody),
-        (status = 503, description = "The worker has stopped, or `multiscale` without an upsampler", body = ApiErrorBody)))]
+        (status = 503, description = "The worker has stopped", body = ApiErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
@@ -200,17 +200,15 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let request = read_request(&state, req).await?;
-    if request.pipeline.as_deref() == Some("multiscale") && !state.upsampler_available() {
-        return Err(ApiError::NotConfigured(
-            "the multi-scale pipeline needs the latent upsampler: set LTX_UPSAMPLER".into(),
-        ));
-    }
     let limits = state.limits().clone();
     let compress = state.condition_compression();
+    let multiples = state.multiples();
     // Decoding a large image takes a while: keep it off the async executor.
-    let work = tokio::task::spawn_blocking(move || request.validate(&limits, compress))
-        .await
-        .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??;
+    let mut work =
+        tokio::task::spawn_blocking(move || request.validate(&limits, multiples, compress))
+            .await
+            .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??;
+    state.admit(&mut work)?;
     let job = state.enqueue(work)?;
     if !query.wait {
         return Ok(submitted(job.status()));
@@ -310,8 +308,8 @@ pub async fn result_head(
         ("id" = String, Path, description = "Job id"),
         ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-1023`")),
     responses(
-        (status = 200, description = "The video", content_type = "video/mp4", body = Vec<u8>),
-        (status = 206, description = "The requested range", content_type = "video/mp4", body = Vec<u8>),
+        (status = 200, description = "The video", content_type = "video/mp4", body = Mp4File),
+        (status = 206, description = "The requested range", content_type = "video/mp4", body = Mp4File),
         (status = 404, description = "No such job", body = ApiErrorBody),
         (status = 409, description = "The job is not done", body = ApiErrorBody),
         (status = 410, description = "Deleted by the retention policy", body = ApiErrorBody),

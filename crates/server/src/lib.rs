@@ -2,12 +2,15 @@
 //! worker thread that owns the model; liveness, readiness, a machine report, Prometheus
 //! metrics, model unloading and the OpenAPI document.
 
+mod admission;
 mod config;
 mod error;
 mod family;
+mod host_memory;
 mod jobs;
 mod jobs_api;
 mod metrics;
+mod model_facts;
 mod request;
 mod retention;
 mod routes;

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use crate::config::Limits;
 use crate::jobs::Work;
+use crate::model_facts::Multiples;
 use crate::ApiError;
 
 /// `POST /v1/image-to-video` JSON body. Unknown fields are refused. Defaults and limits:
@@ -229,6 +230,8 @@ pub(crate) fn multiscale_work(
         kind: crate::jobs::WorkKind::Multiscale(Box::new(request)),
         fps,
         warnings,
+        plan: Default::default(),
+        host_memory: None,
     })
 }
 
@@ -285,7 +288,13 @@ pub(crate) fn decode_image(bytes: &[u8], limits: &Limits) -> Result<RgbImage, Ap
 
 impl I2vRequest {
     /// Checks every rule against `limits`; the random seed is drawn here when absent.
-    pub fn validate(self, limits: &Limits, compress_condition: bool) -> Result<Work, ApiError> {
+    /// `multiples`: the configured model's size and frame multiples.
+    pub fn validate(
+        self,
+        limits: &Limits,
+        multiples: Multiples,
+        compress_condition: bool,
+    ) -> Result<Work, ApiError> {
         prompt_within(limits, "prompt", &self.prompt)?;
         prompt_within(limits, "negative_prompt", &self.negative_prompt)?;
         match self.pipeline.as_deref() {
@@ -313,13 +322,14 @@ impl I2vRequest {
                 "applies to \"pipeline\": \"multiscale\" only".into(),
             ));
         }
+        let m = multiples.size;
         let side = |field: &'static str, v: Option<i64>, default: i64| {
             let v = v.unwrap_or(default);
-            if v <= 0 || v % 32 != 0 || v > limits.max_side {
+            if v <= 0 || v % m != 0 || v > limits.max_side {
                 Err(invalid(
                     field,
                     format!(
-                        "must be a multiple of 32 in [32, {}], got {v}",
+                        "must be a multiple of {m} (the model's VAE) in [{m}, {}], got {v}",
                         limits.max_side
                     ),
                 ))
@@ -331,10 +341,14 @@ impl I2vRequest {
         let height = side("height", self.height, 512)?;
         area_within(limits, "width", width, height)?;
         let frames = self.num_frames.unwrap_or(161);
-        if frames < 1 || (frames - 1) % 8 != 0 || frames > limits.max_frames {
+        let k = multiples.frames;
+        if frames < 1 || (frames - 1) % k != 0 || frames > limits.max_frames {
             return Err(invalid(
                 "num_frames",
-                format!("must be 8k+1 in [1, {}], got {frames}", limits.max_frames),
+                format!(
+                    "must be {k}k+1 (the model's VAE) in [1, {}], got {frames}",
+                    limits.max_frames
+                ),
             ));
         }
         let steps = steps_in(limits, "steps", self.steps, 50)?;
@@ -380,6 +394,8 @@ impl I2vRequest {
             kind: crate::jobs::WorkKind::I2v(params),
             fps,
             warnings: Vec::new(),
+            plan: Default::default(),
+            host_memory: None,
         })
     }
 

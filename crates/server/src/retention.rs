@@ -187,6 +187,7 @@ mod tests {
             model: "demo".into(),
             seed: 0,
             memory: None,
+            host_memory: None,
             expires_at,
             expired: false,
             warnings: Vec::new(),

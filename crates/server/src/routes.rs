@@ -13,12 +13,16 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::admission::Planner;
 use crate::config::Limits;
 use crate::family::{Family, FamilyReport, FamilyState, OffloadReport, Unloaded, FAMILIES};
+use crate::host_memory::HostBudget;
 use crate::jobs::JobStore;
 use crate::metrics::{Gauges, Metrics};
+use crate::model_facts::ModelFacts;
 use crate::worker::{self, Command, WorkerConfig};
 use crate::{jobs_api, retention, ApiError, ServeConfig, ServerError};
+use ltx_pipelines::budget::HostPlacement;
 
 /// Shared state of the routes: settings, the job store and the worker's queue.
 #[derive(Clone)]
@@ -36,6 +40,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     config: ServeConfig,
     openapi: OnceLock<String>,
+    planner: Planner,
 }
 
 impl AppState {
@@ -85,6 +90,37 @@ impl AppState {
             load_seconds: None,
             loads: 0,
         });
+        let placement = if on_cuda {
+            // The VRAM planner may offload any job: count the pinned copies.
+            HostPlacement::Cuda(ltx_pipelines::OffloadMode::Model)
+        } else {
+            HostPlacement::Cpu
+        };
+        let facts = ModelFacts::read(
+            config.ltx_model.as_deref(),
+            config.ltx_upsampler.as_deref(),
+            placement,
+        )
+        .map_err(|e| ServerError::Config(format!("the configured model: {e}")))?;
+        let host = HostBudget::at_start(
+            &config
+                .ltx_host_budget
+                .parse()
+                .map_err(ServerError::Config)?,
+        );
+        tracing::info!(
+            budget = %crate::host_memory::gb(host.budget_bytes),
+            resident = %crate::host_memory::gb(host.baseline_bytes),
+            "host memory budget (LTX_HOST_BUDGET={})",
+            config.ltx_host_budget
+        );
+        let planner = Planner {
+            facts,
+            host,
+            tiling: config.tile_config().map_err(ServerError::Config)?,
+            tiling_on: config.ltx_enable_vae_tiling,
+            attention: config.attention_backend().map_err(ServerError::Config)?,
+        };
         let metrics = Arc::new(Metrics::default());
         let queue = worker::spawn(
             WorkerConfig {
@@ -118,6 +154,7 @@ impl AppState {
                 metrics,
                 config: config.clone(),
                 openapi: OnceLock::new(),
+                planner,
             }),
         })
     }
@@ -163,6 +200,16 @@ impl AppState {
     /// (which has its own) is served.
     pub(crate) fn upsampler_available(&self) -> bool {
         self.inner.config.ltx_upsampler.is_some() || self.inner.config.ltx_model.is_none()
+    }
+
+    /// The configured model's rules and the host memory plan, applied to `work`.
+    pub(crate) fn admit(&self, work: &mut crate::jobs::Work) -> Result<(), ApiError> {
+        self.inner.planner.admit(work, self.upsampler_available())
+    }
+
+    /// The configured model's size and frame multiples.
+    pub(crate) fn multiples(&self) -> crate::model_facts::Multiples {
+        self.inner.planner.facts.multiples()
     }
 
     pub(crate) fn condition_compression(&self) -> bool {
@@ -219,13 +266,23 @@ struct ApiDoc;
 #[derive(Serialize, ToSchema)]
 pub struct ApiErrorBody {
     /// Machine-readable: not_found, gone, not_ready, unsupported_media_type,
-    /// payload_too_large, bad_request, validation, queue_full, unavailable, job_failed,
-    /// internal.
+    /// payload_too_large, bad_request, validation, insufficient_memory, queue_full,
+    /// unavailable, not_configured, job_failed, internal.
     pub error_type: String,
     pub message: String,
     /// The request field at fault (validation errors).
     pub field: Option<String>,
+    /// `insufficient_memory`: the job's estimated peak resident memory, in bytes.
+    pub estimate_bytes: Option<u64>,
+    /// `insufficient_memory`: the host budget (`LTX_HOST_BUDGET`), in bytes.
+    pub budget_bytes: Option<u64>,
 }
+
+/// An H.264 MP4 video: the response body is the file's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary, content_media_type = "video/mp4")]
+#[allow(dead_code)] // documents a binary body; handlers stream the file
+pub struct Mp4File(Vec<u8>);
 
 /// The routes and their OpenAPI document, from the same handler list.
 fn api() -> OpenApiRouter<AppState> {

@@ -17,7 +17,7 @@ use crate::config::Limits;
 use crate::jobs::{Job, JobState, Work};
 use crate::jobs_api::{content_type, read_form_fields, video};
 use crate::request::{area_within, finite, int_in, multiscale_work, prompt_within, steps_in};
-use crate::routes::{ApiErrorBody, AppState};
+use crate::routes::{ApiErrorBody, AppState, Mp4File};
 use crate::ApiError;
 
 /// The replaced service's default negative prompt.
@@ -212,12 +212,12 @@ impl Drop for CancelOnDrop {
 #[utoipa::path(post, path = "/i2v", tag = "compatibility",
     request_body(content((ServiceI2vForm = "multipart/form-data"))),
     responses(
-        (status = 200, description = "The video (H.264 MP4)", content_type = "video/mp4", body = Vec<u8>),
+        (status = 200, description = "The video (H.264 MP4)", content_type = "video/mp4", body = Mp4File),
         (status = 400, description = "Malformed multipart body", body = ApiErrorBody),
         (status = 409, description = "The job was cancelled", body = ApiErrorBody),
         (status = 413, description = "Body over the size limit", body = ApiErrorBody),
         (status = 415, description = "Not multipart/form-data", body = ApiErrorBody),
-        (status = 422, description = "A field breaks a rule; `field` names it", body = ApiErrorBody),
+        (status = 422, description = "A field breaks a rule (`field` names it), or the job would not fit the host memory budget (`insufficient_memory`)", body = ApiErrorBody),
         (status = 429, description = "The queue is full; see Retry-After", body = ApiErrorBody,
             headers(("Retry-After" = String, description = "Seconds"))),
         (status = 500, description = "The generation failed", body = ApiErrorBody),
@@ -257,12 +257,13 @@ pub async fn service_i2v(
         })?;
     let limits = state.limits().clone();
     let compress = state.condition_compression();
-    let work = tokio::task::spawn_blocking(move || {
+    let mut work = tokio::task::spawn_blocking(move || {
         let image = crate::request::decode_image(&bytes, &limits)?;
         request.validate(image, &limits, compress)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??;
+    state.admit(&mut work)?;
     let job = state.enqueue(work)?;
     let mut guard = CancelOnDrop(Some(job.clone()));
     let mut rx = job.subscribe();

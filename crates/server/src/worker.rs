@@ -202,6 +202,25 @@ fn run_one(cfg: &WorkerConfig, pipeline: &mut Option<Loaded>, job: &Job) {
     cfg.metrics.job_finished(state);
 }
 
+/// The attention backend of one job (the host plan's chunked attention); the configured one
+/// comes back when the job ends, however it ends. Only the worker thread runs models.
+struct AttentionFor(ltx_models::attention::AttentionBackend);
+
+impl AttentionFor {
+    fn set(b: ltx_models::attention::AttentionBackend) -> Self {
+        let before = ltx_models::attention::backend();
+        ltx_models::attention::set_backend(b);
+        tracing::info!(attention = %b, "attention backend for this job");
+        Self(before)
+    }
+}
+
+impl Drop for AttentionFor {
+    fn drop(&mut self) {
+        ltx_models::attention::set_backend(self.0);
+    }
+}
+
 /// Why a job did not finish.
 enum Failure {
     Cancelled,
@@ -295,12 +314,13 @@ fn decide(
     cfg: &WorkerConfig,
     pipe: &mut LtxI2vPipeline,
     work: &WorkKind,
+    tiling_on: bool,
 ) -> Result<Option<(budget::Decision, bool)>, ModelError> {
     let workload = |pipe: &LtxI2vPipeline| match work {
         WorkKind::I2v(p) => Ok(pipe.workload(p)),
         WorkKind::Multiscale(r) => pipe.multiscale_workload(&r.params),
     };
-    pipe.set_vae_tiling(cfg.tiling_on.then(|| cfg.tiling.clone()))?;
+    pipe.set_vae_tiling(tiling_on.then(|| cfg.tiling.clone()))?;
     let ResolvedDevice::Cuda(d) = &cfg.device else {
         return Ok(None);
     };
@@ -316,7 +336,7 @@ fn decide(
         configured,
         budget_bytes,
     );
-    if d.estimate_bytes <= budget_bytes || cfg.tiling_on {
+    if d.estimate_bytes <= budget_bytes || tiling_on {
         return Ok(Some((d, false)));
     }
     pipe.set_vae_tiling(Some(cfg.tiling.clone()))?;
@@ -370,16 +390,19 @@ fn run_job(
         timer.enter(job, Stage::Loading);
         *pipeline = Some(load(cfg, cfg.memory, msl)?);
     }
+    // The host plan made at submission: tiling and the attention backend for this job.
+    let _attention = work.plan.attention.map(AttentionFor::set);
+    let planned_tiling = cfg.tiling_on || work.plan.tiled;
     // The residency manager (GPU): a job that would not fit runs in a more frugal mode, with
     // tiled decoding if even that would not fit.
-    let mut job_tiling = cfg.tiling_on;
+    let mut job_tiling = planned_tiling;
     if let Some(loaded) = pipeline.as_mut() {
         // A multi-scale job's estimate counts the upsampler, so attach it first.
         if matches!(work.kind, WorkKind::Multiscale(_)) && !loaded.pipe.has_upsampler() {
             timer.enter(job, Stage::Loading);
             ensure_upsampler(cfg, &mut loaded.pipe)?;
         }
-        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, &work.kind)? {
+        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, &work.kind, planned_tiling)? {
             job_tiling |= tiling;
             let want = MemoryOptions {
                 mode: d.mode,
@@ -402,7 +425,7 @@ fn run_job(
                 timer.enter(job, Stage::Loading);
                 let mut l = load(cfg, want, msl)?;
                 l.pipe
-                    .set_vae_tiling((cfg.tiling_on || tiling).then(|| cfg.tiling.clone()))?;
+                    .set_vae_tiling((planned_tiling || tiling).then(|| cfg.tiling.clone()))?;
                 *pipeline = Some(l);
             }
             job.update(|s| {
