@@ -177,3 +177,39 @@ fn settings_the_model_cannot_use_are_refused_at_start() {
         &["LTX_HOST_BUDGET", "12GiB"],
     );
 }
+
+#[test]
+fn odd_video_sides_are_refused_at_submission() {
+    // The multi-scale flow takes any size; the H.264 video it ends in needs even sides.
+    let server = start("rules-even", &[]);
+    let r = submit(
+        &server.addr,
+        serde_json::json!({"pipeline": "multiscale", "width": 99, "height": 70, "steps": 2}),
+    );
+    refused(&r, "width", &["must be even", "got 99"]);
+    let boundary = "evenrule";
+    let mut body = Vec::new();
+    for (k, v) in [
+        ("prompt", "x"),
+        ("expected_width", "256"),
+        ("expected_height", "255"),
+    ] {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"f.png\"\r\n\r\n").as_bytes(),
+    );
+    body.extend_from_slice(&png());
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let r = request(
+        &server.addr,
+        "POST",
+        "/i2v",
+        Some(&format!("multipart/form-data; boundary={boundary}")),
+        &body,
+    );
+    refused(&r, "expected_height", &["must be even", "got 255"]);
+}

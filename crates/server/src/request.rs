@@ -193,6 +193,23 @@ pub(crate) fn area_within(
     Ok(())
 }
 
+/// The MP4 is H.264 with 4:2:0 chroma: each side of the video must be even (checked here so
+/// the job is refused when it arrives, not after its generation).
+pub(crate) fn even_sides(
+    (wf, width): (&'static str, i64),
+    (hf, height): (&'static str, i64),
+) -> Result<(), ApiError> {
+    for (field, v) in [(wf, width), (hf, height)] {
+        if v % 2 != 0 {
+            return Err(invalid(
+                field,
+                format!("must be even (the H.264 video has 4:2:0 chroma), got {v}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The seed, or a random one (53 bits, exact in JSON numbers).
 pub(crate) fn seed_or_random(seed: Option<u64>) -> Result<u64, ApiError> {
     match seed {
@@ -408,6 +425,7 @@ impl I2vRequest {
         let width = int_in("width", self.width, 704, 1, limits.max_side)?;
         let height = int_in("height", self.height, 512, 1, limits.max_side)?;
         area_within(limits, "width", width, height)?;
+        even_sides(("width", width), ("height", height))?;
         let frames = int_in("num_frames", self.num_frames, 96, 1, limits.max_frames)?;
         for (field, set) in [
             ("guidance_rescale", self.guidance_rescale.is_some()),

@@ -16,7 +16,9 @@ use utoipa::ToSchema;
 use crate::config::Limits;
 use crate::jobs::{Job, JobState, Work};
 use crate::jobs_api::{content_type, read_form_fields, video};
-use crate::request::{area_within, finite, int_in, multiscale_work, prompt_within, steps_in};
+use crate::request::{
+    area_within, even_sides, finite, int_in, multiscale_work, prompt_within, steps_in,
+};
 use crate::routes::{ApiErrorBody, AppState, Mp4File};
 use crate::ApiError;
 
@@ -147,6 +149,7 @@ impl ServiceI2vRequest {
             _ => derived_size(image.width, image.height, max_dimension),
         };
         area_within(limits, "expected_width", width, height)?;
+        even_sides(("expected_width", width), ("expected_height", height))?;
         let guidance = finite("guidance_scale", self.guidance_scale, 3.2, 0.0, 30.0)?;
         let params = MultiscaleParams {
             width,
