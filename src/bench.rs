@@ -33,6 +33,9 @@ pub enum BenchCommand {
     Http(crate::bench_http::HttpBench),
     /// Face detection + embedding per photo, ltx-i2v vs insightface in the same run.
     Faces(crate::bench_faces::FacesBench),
+    /// Bounded soak of the server (a child process, loopback): a random mix for --minutes,
+    /// jobs by outcome, 5xx, resident memory over time.
+    Soak(crate::bench_soak::SoakBench),
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +287,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(b) => b,
         BenchCommand::Instantid(i) => return instantid::run(i),
         BenchCommand::Http(h) => return crate::bench_http::run(h),
+        BenchCommand::Soak(s) => return crate::bench_soak::run(s),
         BenchCommand::Offload(o) => return crate::bench_offload::run(o),
         BenchCommand::Cards(c) => return crate::bench_cards::run(c),
         BenchCommand::Faces(f) => return crate::bench_faces::run(f),

@@ -6,6 +6,7 @@ mod bench_cards;
 mod bench_faces;
 mod bench_http;
 mod bench_offload;
+mod bench_soak;
 mod doctor;
 mod faces;
 mod generate;
