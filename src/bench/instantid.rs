@@ -144,24 +144,8 @@ fn rust_side(dir: &Path, b: &InstantIdBench) -> anyhow::Result<Value> {
             &mut |p| marks.push((p, start.elapsed().as_secs_f64())),
             &|| false,
         )?;
-        let total = start.elapsed().as_secs_f64();
-        let at = |want: fn(&Progress) -> bool| {
-            marks
-                .iter()
-                .find(|(p, _)| want(p))
-                .map_or(total, |(_, t)| *t)
-        };
-        let image_at = at(|p| *p == Progress::EncodingImage);
-        let denoise_at = at(|p| matches!(p, Progress::Denoising { .. }));
-        let decode_at = at(|p| *p == Progress::Decoding);
-        let times = [
-            image_at,
-            denoise_at - image_at,
-            decode_at - denoise_at,
-            total - decode_at,
-            total,
-        ];
-        if best.is_none_or(|b| total < b[4]) {
+        let times = super::stage_times(&marks, start.elapsed().as_secs_f64());
+        if best.is_none_or(|b| times[4] < b[4]) {
             best = Some(times);
         }
     }
