@@ -55,6 +55,26 @@ pub fn resident_bytes() -> Option<u64> {
     kib_field(&text, "VmRSS:")
 }
 
+/// Gives the C heap's free memory back to the kernel (glibc's `malloc_trim(0)`), the host side
+/// of the cleanup after each job: libtorch's CPU tensors are malloc'd, and the freed blocks of
+/// a finished job otherwise stay in the process's arenas, so its resident memory keeps the
+/// high-water mark of every job size seen (a 20-minute soak grew 17 % this way with no leak:
+/// trimming by hand brought it back to the same level after every 80 jobs). Returns the
+/// resident bytes released (0 where glibc or `/proc` is absent).
+pub fn release_host_memory() -> u64 {
+    let before = resident_bytes();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes the arena
+    // locks itself and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    match (before, resident_bytes()) {
+        (Some(b), Some(a)) => b.saturating_sub(a),
+        _ => 0,
+    }
+}
+
 /// A `Name:   1234 kB` line's value in bytes.
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;

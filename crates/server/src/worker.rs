@@ -100,6 +100,8 @@ fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
                     report_placement(&cfg, &l.pipe);
                 }
                 release_cache(&cfg.device, "after the job");
+                let trimmed = crate::host_memory::release_host_memory();
+                tracing::info!(released_bytes = trimmed, "host heap trimmed after the job");
             }
             Command::Unload(reply) => {
                 let was_loaded = pipeline.take().is_some();
@@ -111,6 +113,11 @@ fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
                     f.host_bytes = 0;
                 });
                 let released_cache_bytes = release_cache(&cfg.device, "after unloading");
+                let trimmed = crate::host_memory::release_host_memory();
+                tracing::info!(
+                    released_bytes = trimmed,
+                    "host heap trimmed after unloading"
+                );
                 tracing::info!(was_loaded, freed_weight_bytes, "unloaded LTX-Video");
                 let _ = reply.send(Unloaded {
                     family: report.name,
