@@ -12,6 +12,7 @@
 //! The face analysis (antelopev2's detector and ArcFace, `draw_kps`) happens before: this
 //! pipeline takes the raw ArcFace embedding and the drawn keypoint image.
 
+pub mod demo;
 pub mod params;
 mod run;
 
