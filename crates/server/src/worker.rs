@@ -593,7 +593,10 @@ impl Worker {
         sync_report(slot);
         let released_cache_bytes = release_cache(&self.device, "after unloading");
         let trimmed = crate::host_memory::release_host_memory();
-        tracing::info!(released_bytes = trimmed, "host heap trimmed after unloading");
+        tracing::info!(
+            released_bytes = trimmed,
+            "host heap trimmed after unloading"
+        );
         tracing::info!(%family, was_loaded, freed_weight_bytes, "unloaded");
         Unloaded {
             family: family.as_str(),
