@@ -2,9 +2,13 @@
 // into Rust.
 #include "ltx_shim.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/randn.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,6 +20,7 @@
 
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <string>
 
 namespace {
@@ -198,6 +203,42 @@ int ltx_tensor_is_pinned(const void *t, int *out, char *err, size_t err_len) {
   return guarded(err, err_len, [&] {
     TORCH_CHECK(t != nullptr && out != nullptr, "null tensor");
     *out = static_cast<const at::Tensor *>(t)->is_pinned() ? 1 : 0;
+  });
+}
+
+int ltx_generator_new(int device_index, uint64_t seed, void **out, char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(out != nullptr, "null output");
+    if (device_index < 0) {
+      // What torch.manual_seed(seed) makes of the default CPU generator: a fresh mt19937 from
+      // the seed and no cached normal sample.
+      *out = new at::Generator(at::make_generator<at::CPUGeneratorImpl>(seed));
+      return;
+    }
+    const auto &hooks = at::detail::getCUDAHooks();
+    TORCH_CHECK(hooks.hasCUDA(), "no CUDA: libtorch_cuda is not loaded or sees no device");
+    check_device(device_index);
+    at::Generator g = hooks.getNewGenerator(static_cast<c10::DeviceIndex>(device_index));
+    {
+      std::lock_guard<std::mutex> lock(g.mutex());
+      g.set_current_seed(seed);
+    }
+    *out = new at::Generator(std::move(g));
+  });
+}
+
+void ltx_generator_free(void *gen) { delete static_cast<at::Generator *>(gen); }
+
+int ltx_generator_randn(void *gen, const int64_t *sizes, size_t ndim, int dtype, void **out,
+                        char *err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(gen != nullptr && out != nullptr && (sizes != nullptr || ndim == 0),
+                "null argument");
+    const at::Generator &g = *static_cast<at::Generator *>(gen);
+    const auto options =
+        at::TensorOptions().dtype(static_cast<at::ScalarType>(dtype)).device(g.device());
+    at::Tensor t = at::randn(at::IntArrayRef(sizes, ndim), g, options);
+    *out = new at::Tensor(std::move(t));
   });
 }
 

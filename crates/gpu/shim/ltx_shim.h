@@ -69,6 +69,20 @@ typedef int (*ltx_named_tensor_sink)(void *ctx, const char *name, void *tensor);
 int ltx_torch_load_tensors(const char *path, void *ctx, ltx_named_tensor_sink sink, char *err,
                            size_t err_len);
 
+/* A random number generator of its own (an at::Generator*), seeded with `seed`: a CPU one
+ * (device_index < 0), which draws exactly what torch's default CPU generator draws after
+ * torch.manual_seed(seed), or one for CUDA device device_index, made through ATen's CUDA hooks
+ * (libtorch_cuda must already be loaded; it then draws what that device's default generator
+ * draws after torch.manual_seed(seed)). *out receives the handle; free it with
+ * ltx_generator_free. */
+int ltx_generator_new(int device_index, uint64_t seed, void **out, char *err, size_t err_len);
+/* Frees a handle of ltx_generator_new; null is allowed. Never fails. */
+void ltx_generator_free(void *gen);
+/* at::randn(sizes, gen, dtype) on the generator's device. `dtype` is a c10::ScalarType;
+ * *out receives a new at::Tensor* (tch's tensor handle). */
+int ltx_generator_randn(void *gen, const int64_t *sizes, size_t ndim, int dtype, void **out,
+                        char *err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod libs;
 pub mod pinned;
 pub mod report;
+pub mod rng;
 pub mod stream;
 pub mod torch_load;
 
