@@ -7,6 +7,9 @@ mod config;
 mod error;
 mod family;
 mod host_memory;
+// Used by the InstantID handlers once they are registered (service_instantid).
+#[allow(dead_code)]
+mod instantid_request;
 mod jobs;
 mod jobs_api;
 mod metrics;
