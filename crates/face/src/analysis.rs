@@ -292,8 +292,9 @@ impl FaceAnalysis {
 
     /// InstantID's face among `faces`: the largest; none is an error the server maps to 422.
     pub fn select(&self, faces: &[Face]) -> Result<Selection> {
-        let index = largest_face(faces).ok_or(FaceError::NoFace {
+        let index = largest_face(faces).ok_or_else(|| FaceError::NoFace {
             threshold: self.opts.det_thresh,
+            image: "the image".into(),
         })?;
         let mut warnings = Vec::new();
         if faces.len() > 1 {

@@ -13,9 +13,10 @@ pub enum FaceError {
     /// A network failed to load or to run, or gave outputs of an unexpected shape.
     #[error("{model}: {problem}")]
     Inference { model: String, problem: String },
-    /// The detector found nothing at the threshold in effect.
-    #[error("no face found in the image (detector threshold {threshold})")]
-    NoFace { threshold: f32 },
+    /// The detector found nothing at the threshold in effect; `image` names the image
+    /// ("the image", or which of several: "the pose image", "reference image 2").
+    #[error("no face found in {image} (detector threshold {threshold})")]
+    NoFace { threshold: f32, image: String },
     /// The upload is not a readable image, or exceeds a limit.
     #[error("image: {0}")]
     Image(String),

@@ -23,6 +23,10 @@
 //!   upsampler's mid channels M at the doubled latent size (the pixel-shuffle input at the low
 //!   size is as large) — with the upsampler's weights alone in `model`/`sequential`.
 //!
+//! SDXL (InstantID) has its own shapes and the same structure: [`SdxlShape`] documents its
+//! terms (the IdentityNet's residuals and the UNet's skips held through a step, the widest
+//! resnet or transformer stage, CLIP text, the VAE's full-resolution last stage).
+//!
 //! The factors are from the structure of the computation; `ltx-i2v bench offload` prints the
 //! transformer estimate beside the measured peak so they can be checked on a GPU, and the
 //! server's host-memory test checks the whole estimate against the peak resident memory of
@@ -39,8 +43,11 @@ use serde::Serialize;
 
 use crate::OffloadMode;
 
+mod sdxl;
+pub use sdxl::SdxlShape;
+
 /// Bytes a stage needs on the device besides weights.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Workload {
     pub text_activations: u64,
     pub transformer_activations: u64,
@@ -95,23 +102,33 @@ impl Workload {
         let text = s.batch * s.text_len * s.text_hidden * s.elem * 8;
         let pixels = s.frames * s.height * s.width;
         let p2 = (s.decoder_patch * s.decoder_patch).max(1);
-        // The decoder's last stage and the video-sized float32 tensors after it.
-        let working_set = |px: u64| 4 * s.decoder_channels * px / p2 * s.elem + 4 * 3 * px * 4;
-        let decode = match s.decode_tile {
-            None => working_set(pixels) + 3 * pixels,
-            // One tile's working set, plus the float32 canvas (3 channels), its weight sum and
-            // the output video.
-            Some([f, h, w]) => {
-                let tile = f.min(s.frames) * h.min(s.height) * w.min(s.width);
-                working_set(tile) + (3 + 1 + 3) * pixels * 4
-            }
-        };
+        let tile = s
+            .decode_tile
+            .map(|[f, h, w]| f.min(s.frames) * h.min(s.height) * w.min(s.width));
+        let decode = decode_peak(pixels, tile, |px| 4 * s.decoder_channels * px / p2 * s.elem);
         Self {
             text_activations: text,
             transformer_activations: tr,
             decode_activations: decode,
             upsample_activations: 0,
         }
+    }
+}
+
+/// The decode's peak for `pixels` output pixels (all frames): the decoder's last stage
+/// (`last_stage(px)` bytes for `px` pixels) and the four image-sized float32 tensors after it
+/// (`4 · 3px · 4`), with the uint8 output (`3·pixels`); tiled (`tile_pixels`), one tile's
+/// working set plus the float32 canvas (3 channels), its weight sum and the output over the
+/// whole image (`7 · pixels · 4`).
+pub(crate) fn decode_peak(
+    pixels: u64,
+    tile_pixels: Option<u64>,
+    last_stage: impl Fn(u64) -> u64,
+) -> u64 {
+    let working_set = |px: u64| last_stage(px) + 4 * 3 * px * 4;
+    match tile_pixels {
+        None => working_set(pixels) + 3 * pixels,
+        Some(tile) => working_set(tile) + (3 + 1 + 3) * pixels * 4,
     }
 }
 

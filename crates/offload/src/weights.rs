@@ -7,7 +7,9 @@ use tch::{Device, Kind, Tensor};
 use crate::arena::{typed_view, HostArena, Layout, Span};
 use crate::{OffloadError, Result};
 
-/// Which unit a parameter name belongs to (`None`: the always-resident remainder).
+/// Which unit a parameter name belongs to (`None`: the always-resident remainder). Every
+/// function taking a unit rule accepts any `Fn(&str) -> Option<usize>` (a rule built from a
+/// model's block names, [`prefix_units`]); this is the plain-function form.
 pub type UnitOf = fn(&str) -> Option<usize>;
 
 /// `transformer_blocks.{i}.…` (LTX-Video transformer).
@@ -28,8 +30,33 @@ fn index_after(name: &str, prefix: &str) -> Option<usize> {
     rest.split('.').next()?.parse().ok()
 }
 
+/// Units named by parameter prefixes, numbered in the order given: a parameter belongs to the
+/// unit whose name is a prefix of its own at a `.` boundary. SDXL's UNet and ControlNet (their
+/// `block_names()`, in call order: `down_blocks.1.attentions.0`, `mid_block.resnets.1`,
+/// `up_blocks.0.upsamplers.0`, …): every resnet, transformer and resampler is a unit, the IP
+/// weights of an `attn2` go with their transformer, and `conv_in`, the embeddings, the output
+/// layers and the ControlNet's `controlnet_*` convolutions are the remainder.
+pub fn prefix_units(
+    names: &[String],
+) -> impl Fn(&str) -> Option<usize> + Clone + Send + Sync + 'static {
+    let map: std::sync::Arc<std::collections::HashMap<String, usize>> = std::sync::Arc::new(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect(),
+    );
+    move |name: &str| {
+        name.match_indices('.')
+            .find_map(|(at, _)| map.get(&name[..at]).copied())
+    }
+}
+
 /// `(total, remainder, largest unit)` bytes of named tensors grouped by `unit_of`.
-pub fn group_sizes(named: &[(String, Tensor)], unit_of: UnitOf) -> (u64, u64, u64) {
+pub fn group_sizes(
+    named: &[(String, Tensor)],
+    unit_of: impl Fn(&str) -> Option<usize>,
+) -> (u64, u64, u64) {
     let mut units: std::collections::BTreeMap<usize, u64> = Default::default();
     let (mut total, mut remainder) = (0, 0);
     for (n, t) in named {
@@ -65,7 +92,7 @@ struct Grouping {
 
 fn grouping<'a>(
     named: impl Iterator<Item = (&'a str, usize)>,
-    unit_of: UnitOf,
+    unit_of: impl Fn(&str) -> Option<usize>,
     chunk_bytes: usize,
 ) -> Result<(Grouping, Vec<Vec<usize>>)> {
     let mut keyed: Vec<(Option<usize>, usize, usize)> = named
@@ -126,7 +153,7 @@ fn grouping<'a>(
 /// allocating it. Its `total_bytes` is the host memory the arena would hold.
 pub fn plan_layout(
     named: &[(String, usize)],
-    unit_of: UnitOf,
+    unit_of: impl Fn(&str) -> Option<usize>,
     chunk_bytes: usize,
 ) -> Result<Layout> {
     let (_, sizes) = grouping(
@@ -158,7 +185,7 @@ impl OffloadedWeights {
     /// 0..n without gaps.
     pub fn new(
         named: Vec<(String, Tensor)>,
-        unit_of: UnitOf,
+        unit_of: impl Fn(&str) -> Option<usize>,
         device: Device,
         chunk_bytes: usize,
     ) -> Result<Self> {
@@ -169,7 +196,7 @@ impl OffloadedWeights {
     /// pageable variant is the accelerate-style baseline of the benchmarks).
     pub fn with_pinning(
         named: Vec<(String, Tensor)>,
-        unit_of: UnitOf,
+        unit_of: impl Fn(&str) -> Option<usize>,
         device: Device,
         chunk_bytes: usize,
         pin: bool,
@@ -403,6 +430,45 @@ mod tests {
             None
         );
         assert_eq!(t5_unit("shared.weight"), None);
+    }
+
+    #[test]
+    fn prefix_units_follow_the_block_names() {
+        let names: Vec<String> = [
+            "down_blocks.0.resnets.0",
+            "down_blocks.1.attentions.0",
+            "down_blocks.1.attentions.1",
+            "mid_block.resnets.1",
+            "up_blocks.0.upsamplers.0",
+        ]
+        .map(String::from)
+        .into();
+        let unit = prefix_units(&names);
+        assert_eq!(unit("down_blocks.0.resnets.0.conv1.weight"), Some(0));
+        assert_eq!(
+            unit("down_blocks.1.attentions.1.transformer_blocks.0.attn2.to_k_ip.weight"),
+            Some(2)
+        );
+        assert_eq!(unit("mid_block.resnets.1.norm1.bias"), Some(3));
+        assert_eq!(unit("up_blocks.0.upsamplers.0.conv.weight"), Some(4));
+        // Only whole components: `attentions.10` is not `attentions.1`.
+        assert_eq!(unit("down_blocks.1.attentions.10.proj_in.weight"), None);
+        assert_eq!(unit("controlnet_down_blocks.0.weight"), None);
+        assert_eq!(unit("conv_in.weight"), None);
+        let (total, remainder, max) = group_sizes(
+            &[
+                (
+                    "down_blocks.1.attentions.0.norm.weight".into(),
+                    Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+                ),
+                (
+                    "conv_in.weight".into(),
+                    Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+                ),
+            ],
+            &unit,
+        );
+        assert_eq!((total, remainder, max), (20, 8, 12));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Pipelines built from the models: LTX-Video image-to-video, with the image preprocessing
-//! and progress reporting around it.
+//! Pipelines built from the models: LTX-Video image-to-video and InstantID portraits, with
+//! the image preprocessing, memory placement and progress reporting around them.
 
 pub mod condition_run;
 pub mod demo;
@@ -15,6 +15,7 @@ pub mod tiled_decode;
 pub mod video;
 pub mod video_in;
 
+pub use instantid::{analyze_faces, FaceConditioning, InstantIdParams, InstantIdPipeline};
 pub use ltx_i2v::{I2vParams, LoadOptions, LtxI2vPipeline, ModelSource, Progress};
 pub use ltx_offload::budget::{self, BudgetSpec};
 pub use ltx_offload::OffloadMode;

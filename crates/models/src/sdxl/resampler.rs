@@ -183,6 +183,8 @@ pub struct Resampler {
     proj_out_b: Tensor,
     norm_out: LayerNorm,
     layers: Vec<(PerceiverAttention, FeedForward)>,
+    /// Handles sharing every parameter's tensor (for a memory system that moves them).
+    params: Vec<(String, Tensor)>,
 }
 
 impl Resampler {
@@ -215,13 +217,26 @@ impl Resampler {
             proj_out_b: vb.get("proj_out.bias", &[s.output_dim])?,
             norm_out: LayerNorm::new(&vb.pp("norm_out"), s.output_dim)?,
             layers,
+            params: Vec::new(),
         };
         store.finish()?;
-        Ok(r)
+        Ok(Self {
+            params: store.take_params(),
+            ..r
+        })
     }
 
     pub fn shape(&self) -> &ResamplerShape {
         &self.shape
+    }
+
+    /// Every parameter as a named handle sharing the model's tensor (`set_data` on a handle
+    /// moves the model's weight), as [`WeightStore::take_params`] hands them out.
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
     }
 
     /// Face embeddings `[B, N, embedding_dim]` (InstantID: the raw ArcFace embedding, N = 1)

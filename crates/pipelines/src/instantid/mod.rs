@@ -7,13 +7,18 @@
 //! - [`InstantIdModels`] — the loaded components (this file);
 //! - [`params`] — a generation's settings, validated;
 //! - `run` — the conditioning (prompt, face tokens, control image, time ids), the denoising
-//!   loop, the decode.
-//!
-//! The face analysis (antelopev2's detector and ArcFace, `draw_kps`) happens before: this
-//! pipeline takes the raw ArcFace embedding and the drawn keypoint image.
+//!   loop, the decode;
+//! - [`face`] — [`analyze_faces`]: the face image (and optional pose and reference images)
+//!   through the face crate into a [`FaceConditioning`] (raw ArcFace embedding, keypoint image);
+//! - [`pipeline`] — [`InstantIdPipeline`]: the models with their memory placement (none /
+//!   model / sequential) and VAE tiling, a face conditioning in, the image's bytes out;
+//! - [`workload`] — the device-memory estimate from the configs ([`instantid_workload`]).
 
+pub mod face;
 pub mod params;
+pub mod pipeline;
 mod run;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 
@@ -31,8 +36,11 @@ use ltx_models::Result;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+pub use face::{analyze_faces, FaceConditioning};
 pub use params::InstantIdParams;
+pub use pipeline::InstantIdPipeline;
 pub use run::{to_u8, Conditioning, PromptEmbeds, StepState};
+pub use workload::{instantid_workload, InstantIdShapes};
 
 /// Where the three parts of an InstantID model set are.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{InstantIdModels, InstantIdParams};
 use crate::image::RgbImage;
+use crate::memory::Component;
 use crate::Progress;
 
 /// Prompt embeddings `[B, L, C]` (both encoders' penultimate states, concatenated) and the
@@ -166,11 +167,7 @@ impl InstantIdModels {
         p: &InstantIdParams,
     ) -> Result<Conditioning> {
         p.validate()?;
-        check_image(keypoints)?;
-        let (height, width) = p.size(
-            (keypoints.height, keypoints.width),
-            self.vae.spatial_ratio(),
-        )?;
+        let (height, width) = self.output_size(keypoints, p)?;
         tch::no_grad(|| {
             let prompt = self.encode_prompt(&p.prompt, p.negative_prompt.as_deref(), p.cfg())?;
             self.finish_conditioning(prompt, face_embedding, keypoints, p, height, width)
@@ -350,21 +347,53 @@ impl InstantIdModels {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
         p.validate()?;
-        check_image(keypoints)?;
-        let (height, width) = p.size(
-            (keypoints.height, keypoints.width),
-            self.vae.spatial_ratio(),
-        )?;
+        let (height, width) = self.output_size(keypoints, p)?;
         let mut report = crate::reporter(progress, cancelled);
-        let c = tch::no_grad(|| -> Result<Conditioning> {
-            report(Progress::EncodingText)?;
-            let prompt = self.encode_prompt(&p.prompt, p.negative_prompt.as_deref(), p.cfg())?;
-            report(Progress::EncodingImage)?;
-            self.finish_conditioning(prompt, face_embedding, keypoints, p, height, width)
-        })?;
-        let latents = tch::no_grad(|| self.run_loop(&c, p, &mut report, &mut |_| {}))?;
+        let latents = self.run_to_latents(
+            face_embedding,
+            keypoints,
+            p,
+            (height, width),
+            &mut report,
+            &mut |_| Ok(()),
+        )?;
         report(Progress::Decoding)?;
         self.decode(&latents)
+    }
+
+    /// The output `(height, width)` for this keypoint image (see [`InstantIdParams::size`]).
+    pub fn output_size(&self, keypoints: &RgbImage, p: &InstantIdParams) -> Result<(i64, i64)> {
+        check_image(keypoints)?;
+        p.size(
+            (keypoints.height, keypoints.width),
+            self.vae.spatial_ratio(),
+        )
+    }
+
+    /// The stages up to the final latents, reporting each and calling `enter` with the
+    /// component a stage needs before it runs (a memory system places the weights there): the
+    /// text encoders for the prompt; the denoising networks for the face tokens and control
+    /// image (the Resampler belongs to them, as InstantX's model offload leaves it on the
+    /// UNet's device) and the loop.
+    pub(crate) fn run_to_latents(
+        &mut self,
+        face_embedding: &Tensor,
+        keypoints: &RgbImage,
+        p: &InstantIdParams,
+        (height, width): (i64, i64),
+        report: &mut dyn FnMut(Progress) -> Result<()>,
+        enter: &mut dyn FnMut(Component) -> Result<()>,
+    ) -> Result<Tensor> {
+        tch::no_grad(|| {
+            report(Progress::EncodingText)?;
+            enter(Component::TextEncoder)?;
+            let prompt = self.encode_prompt(&p.prompt, p.negative_prompt.as_deref(), p.cfg())?;
+            report(Progress::EncodingImage)?;
+            enter(Component::Transformer)?;
+            let c =
+                self.finish_conditioning(prompt, face_embedding, keypoints, p, height, width)?;
+            self.run_loop(&c, p, report, &mut |_| {})
+        })
     }
 }
 

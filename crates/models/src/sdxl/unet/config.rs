@@ -18,7 +18,7 @@ pub enum PerBlock<T> {
 }
 
 impl<T: Clone + std::fmt::Debug> PerBlock<T> {
-    pub(crate) fn resolve(&self, blocks: usize, what: &str) -> Result<Vec<T>> {
+    pub fn resolve(&self, blocks: usize, what: &str) -> Result<Vec<T>> {
         match self {
             Self::One(v) => Ok(vec![v.clone(); blocks]),
             Self::Each(v) if v.len() == blocks => Ok(v.clone()),

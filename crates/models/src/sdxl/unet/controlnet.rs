@@ -167,7 +167,7 @@ impl ControlNetModel {
         }
         let mut image = input
             .controlnet_cond
-            .f_to_device(enc.device)?
+            .f_to_device(enc.device())?
             .f_to_kind(enc.kind)?;
         if self.cfg.controlnet_conditioning_channel_order == "bgr" {
             image = image.f_flip([1])?;
@@ -199,7 +199,7 @@ impl ControlNetModel {
         // Guess mode: logspace(−1, 0, n+1)·scale as a float32 tensor, as diffusers.
         let guess = if input.guess_mode && !self.cfg.global_pool_conditions {
             Some(
-                Tensor::f_logspace(-1.0, 0.0, n as i64 + 1, 10.0, (Kind::Float, enc.device))?
+                Tensor::f_logspace(-1.0, 0.0, n as i64 + 1, 10.0, (Kind::Float, enc.device()))?
                     * input.conditioning_scale,
             )
         } else {

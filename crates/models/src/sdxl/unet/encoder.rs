@@ -19,7 +19,6 @@ pub(crate) struct Encoder {
     pub down_blocks: Vec<DownBlock>,
     pub mid_block: Option<MidBlock>,
     pub kind: Kind,
-    pub device: Device,
 }
 
 fn invalid(what: String) -> ModelError {
@@ -66,9 +65,13 @@ impl Encoder {
             down_blocks,
             mid_block,
             kind: vb.kind(),
-            device: vb.device(),
             spec,
         })
+    }
+
+    /// Where the weights are now (a memory system may have moved them since loading).
+    pub fn device(&self) -> Device {
+        self.conv_in.device()
     }
 
     /// `sample` `[B, in_channels, h, w]` on the model's device, in its dtype.
@@ -80,7 +83,7 @@ impl Encoder {
                 self.spec.in_channels
             )));
         }
-        Ok(sample.f_to_device(self.device)?.f_to_kind(self.kind)?)
+        Ok(sample.f_to_device(self.device())?.f_to_kind(self.kind)?)
     }
 
     pub fn conv_in(&self, x: &Tensor) -> Result<Tensor> {
@@ -96,7 +99,7 @@ impl Encoder {
                 self.spec.cross_dim
             )));
         }
-        Ok(context.f_to_device(self.device)?.f_to_kind(self.kind)?)
+        Ok(context.f_to_device(self.device())?.f_to_kind(self.kind)?)
     }
 
     /// The time embedding plus SDXL's text_time embedding of `text_embeds` `[B, pooled]` and
@@ -120,7 +123,7 @@ impl Encoder {
             }
         };
         let spec = &self.spec;
-        let t = t.f_to_device(self.device)?;
+        let t = t.f_to_device(self.device())?;
         let t_emb = sinusoid(
             &t,
             spec.time_input_dim,
@@ -142,7 +145,7 @@ impl Encoder {
                 spec.add_time_dim, spec.add_input_dim
             )));
         }
-        let ids = time_ids.f_to_device(self.device)?.f_flatten(0, -1)?;
+        let ids = time_ids.f_to_device(self.device())?.f_flatten(0, -1)?;
         let time_embeds = sinusoid(
             &ids,
             spec.add_time_dim,
@@ -151,7 +154,7 @@ impl Encoder {
         )?
         .f_reshape([batch, -1])?;
         let text_embeds = text_embeds
-            .f_to_device(self.device)?
+            .f_to_device(self.device())?
             .f_to_kind(Kind::Float)?;
         let add = Tensor::f_cat(&[text_embeds, time_embeds], -1)?;
         let aug = self.add_embedding.forward(&add.f_to_kind(self.kind)?)?;

@@ -37,6 +37,10 @@ impl Conv2d {
     }
 
     /// Kernel `k`, stride 1, "same" padding.
+    pub fn device(&self) -> tch::Device {
+        self.weight.device()
+    }
+
     pub fn same(vb: &Vb<'_>, cin: i64, cout: i64, k: i64) -> Result<Self> {
         Self::new(vb, cin, cout, k, 1, (k - 1) / 2)
     }
