@@ -14,6 +14,7 @@
 //!   model / sequential) and VAE tiling, a face conditioning in, the image's bytes out;
 //! - [`workload`] — the device-memory estimate from the configs ([`instantid_workload`]).
 
+pub mod demo;
 pub mod face;
 pub mod params;
 pub mod pipeline;
