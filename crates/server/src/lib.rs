@@ -5,6 +5,9 @@
 mod admission;
 mod config;
 mod error;
+// Used by the InstantID handlers once they are registered (service_instantid).
+#[allow(dead_code)]
+mod face_service;
 mod family;
 mod host_memory;
 // Used by the InstantID handlers once they are registered (service_instantid).
