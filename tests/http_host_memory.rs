@@ -170,7 +170,10 @@ fn over_the_budget_tiling_then_refusal_at_submission() {
     // Refused at submission: no job was made, nothing ran.
     let metrics = request(&tight.addr, "GET", "/metrics", None, b"");
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains("ltx_jobs_accepted_total 0"), "{text}");
+    assert!(
+        text.contains("ltx_jobs_accepted_total{family=\"ltx\"} 0"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -92,7 +92,8 @@ fn shift_terminal_needs_two_steps_and_says_so_at_submission() {
     );
     // The refusal made no job.
     let metrics = request(a, "GET", "/metrics", None, b"");
-    assert!(String::from_utf8_lossy(&metrics.body).contains("ltx_jobs_accepted_total 0"));
+    assert!(String::from_utf8_lossy(&metrics.body)
+        .contains("ltx_jobs_accepted_total{family=\"ltx\"} 0"));
     // Two steps are fine, and the worker agrees.
     let ok = submit(a, serde_json::json!({"steps": 2}));
     assert_eq!(ok.status, 202, "{}", String::from_utf8_lossy(&ok.body));

@@ -266,18 +266,27 @@ fn metrics_system_and_unload_follow_the_model() {
         .unwrap()
         .starts_with("text/plain; version=0.0.4"));
     let text = String::from_utf8(m.body).unwrap();
-    assert_eq!(metric(&text, "ltx_jobs_total{outcome=\"done\"}"), 1.0);
-    assert_eq!(metric(&text, "ltx_jobs_accepted_total"), 1.0);
+    assert_eq!(
+        metric(&text, "ltx_jobs_total{family=\"ltx\",outcome=\"done\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "ltx_jobs_accepted_total{family=\"ltx\"}"),
+        1.0
+    );
     assert_eq!(metric(&text, "ltx_queue_depth"), 0.0);
     assert_eq!(
         metric(
             &text,
-            "ltx_stage_duration_seconds_count{stage=\"denoising\"}"
+            "ltx_stage_duration_seconds_count{family=\"ltx\",stage=\"denoising\"}"
         ),
         1.0
     );
     assert_eq!(
-        metric(&text, "ltx_stage_duration_seconds_count{stage=\"loading\"}"),
+        metric(
+            &text,
+            "ltx_stage_duration_seconds_count{family=\"ltx\",stage=\"loading\"}"
+        ),
         1.0
     );
     assert_eq!(
@@ -334,7 +343,7 @@ fn offload_switches_and_allocator_settings_are_reported() {
     assert_eq!(s["models"][0]["offload"]["effective"], "none");
     assert_eq!(s["pytorch_cuda_alloc_conf"], "expandable_segments:True");
     assert_eq!(
-        s["attention"], "sliced",
+        s["models"][0]["attention"], "sliced",
         "the original slicing switch selects it"
     );
     // A job with sliced attention and tiled decoding still makes a playable video.

@@ -44,9 +44,13 @@ fn invalid(field: &'static str, e: ModelError) -> ApiError {
 
 impl Planner {
     /// The model's rules for `work`, then its memory plan (stored in `work`).
+    /// Jobs of other families pass through (their own rules applied when they were validated).
     pub fn admit(&self, work: &mut Work, upsampler: bool) -> Result<(), ApiError> {
+        let Some(video) = work.video() else {
+            return Ok(());
+        };
+        let image = (video.image.width * video.image.height * 3) as u64;
         self.model_rules(&work.kind, upsampler)?;
-        let image = (work.image.width * work.image.height * 3) as u64;
         let (plan, host) = self.plan(&work.kind, image)?;
         work.plan = plan;
         work.host_memory = Some(host);
@@ -57,11 +61,11 @@ impl Planner {
     fn model_rules(&self, kind: &WorkKind, upsampler: bool) -> Result<(), ApiError> {
         let f = &self.facts;
         match kind {
-            WorkKind::I2v(p) => {
+            WorkKind::I2v(_, p) => {
                 FlowMatchSchedule::ltx(&f.scheduler, p.steps, self.tokens(kind) as usize)
                     .map_err(|e| invalid("steps", e))?;
             }
-            WorkKind::Multiscale(r) => {
+            WorkKind::Multiscale(_, r) => {
                 if !upsampler || f.upsampler.is_none() {
                     return Err(ApiError::Invalid {
                         field: "pipeline",
@@ -93,8 +97,8 @@ impl Planner {
         let v = &self.facts.vae;
         let (sr, tr) = (v.spatial_ratio(), v.temporal_ratio());
         let (frames, w, h) = match kind {
-            WorkKind::I2v(p) => (p.num_frames, p.width, p.height),
-            WorkKind::Multiscale(r) => match r.params.pass_sizes() {
+            WorkKind::I2v(_, p) => (p.num_frames, p.width, p.height),
+            WorkKind::Multiscale(_, r) => match r.params.pass_sizes() {
                 Ok((_, (w2, h2))) => (r.params.output_frames(), w2, h2),
                 Err(_) => (r.params.output_frames(), 0, 0),
             },
@@ -113,12 +117,12 @@ impl Planner {
         let f = &self.facts;
         let tiling = tiled.then_some(&self.tiling);
         let (mut w, cfg, video): (Workload, bool, u64) = match kind {
-            WorkKind::I2v(p) => (
+            WorkKind::I2v(_, p) => (
                 ltx_pipelines::ltx_i2v::i2v_workload(&f.transformer, &f.vae, f.dtype, tiling, p),
                 p.guidance_scale > 1.0,
                 (p.num_frames * p.height * p.width * 3) as u64,
             ),
-            WorkKind::Multiscale(r) => {
+            WorkKind::Multiscale(_, r) => {
                 let mid = f.upsampler.as_ref().map_or(0, |u| u.mid_channels);
                 let w = ltx_pipelines::multiscale::multiscale_workload(
                     &f.transformer,

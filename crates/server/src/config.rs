@@ -43,7 +43,7 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_OUTPUT_DIR", default_value = "outputs")]
     pub output_dir: PathBuf,
 
-    /// Jobs that may wait for the worker; more get 429.
+    /// Jobs that may wait for each device's worker; more get 429.
     #[arg(long, env = "LTX_QUEUE_SIZE", default_value_t = 16)]
     pub queue_size: usize,
 
@@ -96,8 +96,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LTX_VAE_TILE_STRIDE", default_value_t = 448)]
     pub ltx_vae_tile_stride: i64,
 
-    /// GPU memory the LTX-Video family may use: `auto` (free memory minus 1 GiB), a fraction of
-    /// the device (`0.8`) or a size (`12GiB`). A job whose estimated peak exceeds it runs in a
+    /// GPU memory LTX-Video's jobs may count on, the other family's weights on the same device
+    /// included: `auto` (free memory plus torch's cache, minus 1 GiB), a fraction of the device
+    /// (`0.8`) or a size (`12GiB`). When the other family's weights and a job's estimated peak
+    /// exceed it, the other family leaves the device; a job that still does not fit runs in a
     /// more frugal offload mode.
     #[arg(long, env = "LTX_VRAM_BUDGET", default_value = "auto")]
     pub ltx_vram_budget: String,
@@ -106,6 +108,9 @@ pub struct ServeConfig {
     /// at start-up plus half of the memory available then), a fraction of the machine's memory
     /// (`0.5`) or a size (`16GiB`). A job whose estimated peak exceeds it runs with tiled
     /// decoding (and chunked attention) if that fits, else is refused with 422 at submission.
+    /// The residency manager keeps an evicted family's weights in host memory only while they
+    /// fit it (else it unloads them), and on the CPU device unloads the least recently used
+    /// family when a job and the other family's weights would not fit it together.
     #[arg(long, env = "LTX_HOST_BUDGET", default_value = "auto")]
     pub ltx_host_budget: String,
 
@@ -121,6 +126,10 @@ pub struct ServeConfig {
     /// On SIGTERM/SIGINT, how long the running job gets to reach a step boundary.
     #[arg(long, env = "LTX_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub instantid: crate::config_instantid::InstantIdConfig,
 
     #[command(flatten)]
     #[serde(flatten)]
@@ -196,7 +205,7 @@ impl ServeConfig {
                 ));
             }
         }
-        Ok(())
+        self.instantid.check().map_err(ServerError::Config)
     }
 
     /// The memory mode the offload switches ask for.

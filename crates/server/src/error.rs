@@ -15,8 +15,12 @@ pub enum ServerError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
-    #[error("LTX_DEVICE: {0}")]
-    Device(#[from] ltx_gpu::GpuError),
+    #[error("{setting}: {source}")]
+    Device {
+        /// The setting naming the device (`LTX_DEVICE`, `INSTANTID_DEVICE`).
+        setting: &'static str,
+        source: ltx_gpu::GpuError,
+    },
     #[error("configuration: {0}")]
     Config(String),
     #[error("output folder {path}: {source}")]

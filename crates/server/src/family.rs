@@ -1,13 +1,42 @@
 //! Model families and where their weights are: what `/v1/system` and `/metrics` report, kept
-//! up to date by the worker that owns the model.
+//! up to date by the worker that owns the family's device.
 
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The model families this server knows. Only `ltx` (LTX-Video image-to-video) exists today.
-pub const FAMILIES: [&str; 1] = ["ltx"];
+/// A model family this server knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyId {
+    /// LTX-Video image-to-video.
+    Ltx,
+    /// InstantID identity-preserving portraits on SDXL.
+    InstantId,
+}
+
+impl FamilyId {
+    pub const ALL: [FamilyId; 2] = [FamilyId::Ltx, FamilyId::InstantId];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ltx => "ltx",
+            Self::InstantId => "instantid",
+        }
+    }
+
+    /// The family named `name` in routes (`/v1/models/{family}/unload`).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for FamilyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -94,9 +123,12 @@ impl OffloadReport {
 pub struct FamilyReport {
     pub name: &'static str,
     pub state: FamilyState,
-    /// "cpu" or "cuda:N".
+    /// "cpu" or "cuda:N": the device whose worker runs this family's jobs.
     pub device: String,
     pub model: String,
+    /// The attention backend its jobs run with (sdpa, sliced or math), unless a job's host
+    /// memory plan chose another.
+    pub attention: String,
     /// Bytes of weights on the GPU.
     pub gpu_bytes: u64,
     /// Bytes of weights in host memory.

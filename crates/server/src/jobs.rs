@@ -1,5 +1,5 @@
-//! Jobs: what was asked, where it stands, where its video is. The HTTP side reads and
-//! cancels; only the worker moves a job forward. Updates go out on a watch channel so a
+//! Jobs: what was asked, where it stands, where its result (an MP4 or a PNG) is. The HTTP
+//! side reads and cancels; only the family's worker moves a job forward. Updates go out on a watch channel so a
 //! waiting request wakes when its job changes.
 
 use std::collections::HashMap;
@@ -14,6 +14,8 @@ use ltx_pipelines::I2vParams;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use utoipa::ToSchema;
+
+use crate::family::FamilyId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +47,8 @@ impl JobState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// InstantID: the face photo's detection and embedding, done when the job was submitted.
+    FaceAnalysis,
     Loading,
     EncodingText,
     EncodingImage,
@@ -53,10 +57,12 @@ pub enum Stage {
     Upsampling,
     Decoding,
     WritingVideo,
+    WritingImage,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 9] = [
+        Stage::FaceAnalysis,
         Stage::Loading,
         Stage::EncodingText,
         Stage::EncodingImage,
@@ -64,10 +70,12 @@ impl Stage {
         Stage::Upsampling,
         Stage::Decoding,
         Stage::WritingVideo,
+        Stage::WritingImage,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::FaceAnalysis => "face_analysis",
             Self::Loading => "loading",
             Self::EncodingText => "encoding_text",
             Self::EncodingImage => "encoding_image",
@@ -75,6 +83,7 @@ impl Stage {
             Self::Upsampling => "upsampling",
             Self::Decoding => "decoding",
             Self::WritingVideo => "writing_video",
+            Self::WritingImage => "writing_image",
         }
     }
 }
@@ -100,10 +109,14 @@ pub struct JobStatus {
     pub run_seconds: Option<f64>,
     /// Seconds spent in each stage so far.
     pub timings: std::collections::BTreeMap<Stage, f64>,
+    /// The model family that runs the job: `ltx` or `instantid`.
+    #[serde(default = "ltx_family")]
+    pub family: String,
     /// The model that serves (or served) the job.
     pub model: String,
     pub seed: u64,
-    /// GPU only: the memory mode the job ran in, and why when it is not the configured one.
+    /// The residency manager's decision: on a GPU the memory mode the job ran in (and why
+    /// when it is not the configured one); on any device what it evicted to make room.
     pub memory: Option<JobMemory>,
     /// The host memory plan made at submission: the estimated peak resident memory of the
     /// process while the job runs, the budget it fits, and what was turned on to fit it.
@@ -120,7 +133,13 @@ pub struct JobStatus {
     pub warnings: Vec<String>,
 }
 
-/// How the residency manager placed a job's weights (GPU only).
+fn ltx_family() -> String {
+    "ltx".into()
+}
+
+/// How the residency manager placed a job's weights. On a GPU it is always set; on the CPU
+/// device (where host memory is the device's) only when another family was unloaded to make
+/// room, and the bytes are host bytes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct JobMemory {
     /// none, model or sequential.
@@ -129,12 +148,19 @@ pub struct JobMemory {
     pub prefetch: usize,
     /// The estimated peak device memory in that mode.
     pub estimate_bytes: u64,
-    /// The VRAM budget it was checked against.
+    /// What it was checked against: the family's VRAM budget less what other families still
+    /// hold on the device.
     pub budget_bytes: u64,
+    /// Bytes other families kept on the device while the job ran.
+    #[serde(default)]
+    pub held_by_others_bytes: u64,
     /// Why the mode differs from the configured one.
     pub reason: Option<String>,
     /// What the out-of-memory ladder did, if it had to.
     pub fallback: Option<String>,
+    /// Families moved off the device before the job, to make room for it.
+    #[serde(default)]
+    pub evicted: Vec<crate::residency::Eviction>,
 }
 
 /// The host memory plan of a job (`LTX_HOST_BUDGET`), made when it was submitted.
@@ -152,20 +178,23 @@ pub struct HostMemory {
     pub reason: Option<String>,
 }
 
+/// An LTX-Video job's input: the condition image and the MP4's frame rate.
+pub struct VideoInput {
+    pub image: RgbImage,
+    pub fps: f64,
+}
+
 /// What a job generates.
 pub enum WorkKind {
     /// `LTXImageToVideoPipeline`.
-    I2v(I2vParams),
+    I2v(VideoInput, I2vParams),
     /// The 0.9.7/0.9.8 multi-scale flow (`POST /i2v`).
-    Multiscale(Box<MultiscaleRequest>),
+    Multiscale(VideoInput, Box<MultiscaleRequest>),
 }
 
 /// A validated request, ready for the worker.
 pub struct Work {
-    pub image: RgbImage,
     pub kind: WorkKind,
-    /// The MP4's frame rate.
-    pub fps: f64,
     pub warnings: Vec<String>,
     /// How it runs (tiling, attention), decided at submission.
     pub plan: crate::admission::JobPlan,
@@ -173,18 +202,49 @@ pub struct Work {
 }
 
 impl Work {
+    /// A job with no plan yet (the planner adds one when it admits the job).
+    pub fn new(kind: WorkKind, warnings: Vec<String>) -> Self {
+        Self {
+            kind,
+            warnings,
+            plan: Default::default(),
+            host_memory: None,
+        }
+    }
+
+    /// The family whose worker runs it.
+    pub fn family(&self) -> FamilyId {
+        match &self.kind {
+            WorkKind::I2v(..) | WorkKind::Multiscale(..) => FamilyId::Ltx,
+        }
+    }
+
+    /// The result's file extension: `mp4` or `png`.
+    pub fn extension(&self) -> &'static str {
+        match &self.kind {
+            WorkKind::I2v(..) | WorkKind::Multiscale(..) => "mp4",
+        }
+    }
+
+    /// The condition image and frame rate of an LTX-Video job.
+    pub fn video(&self) -> Option<&VideoInput> {
+        match &self.kind {
+            WorkKind::I2v(v, _) | WorkKind::Multiscale(v, _) => Some(v),
+        }
+    }
+
     pub fn seed(&self) -> u64 {
         match &self.kind {
-            WorkKind::I2v(p) => p.seed,
-            WorkKind::Multiscale(r) => r.seed,
+            WorkKind::I2v(_, p) => p.seed,
+            WorkKind::Multiscale(_, r) => r.seed,
         }
     }
 
     /// Denoising steps the job will report (both passes of the multi-scale flow).
     pub fn total_steps(&self) -> usize {
         match &self.kind {
-            WorkKind::I2v(p) => p.steps,
-            WorkKind::Multiscale(r) => {
+            WorkKind::I2v(_, p) => p.steps,
+            WorkKind::Multiscale(_, r) => {
                 let p = &r.params;
                 p.steps_lowres + (p.steps_refine as f64 * p.denoise_strength) as usize
             }
@@ -282,6 +342,7 @@ impl JobStore {
             queued_seconds: None,
             run_seconds: None,
             timings: Default::default(),
+            family: work.family().as_str().to_string(),
             model,
             seed: work.seed(),
             memory: None,
@@ -291,7 +352,7 @@ impl JobStore {
             warnings: work.warnings.clone(),
         };
         let job = Arc::new(Job {
-            output: output_dir.join(format!("{id}.mp4")),
+            output: output_dir.join(format!("{id}.{}", work.extension())),
             id: id.clone(),
             status: watch::Sender::new(status),
             cancel: AtomicBool::new(false),
@@ -317,7 +378,7 @@ impl JobStore {
         cancelled
     }
 
-    /// Whether a job is running on the worker.
+    /// Whether a job is running on a worker.
     pub fn any_running(&self) -> bool {
         lock(&self.jobs)
             .values()

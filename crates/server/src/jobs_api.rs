@@ -1,4 +1,5 @@
-//! The image-to-video API: submit a job, follow it, fetch its video, cancel it.
+//! The job API: submit an image-to-video job; follow any job (video or portrait), fetch its
+//! result, cancel it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::jobs::{Job, JobState, JobStatus};
 use crate::request::{I2vForm, I2vRequest, TEXT_FIELDS};
-use crate::routes::{ApiErrorBody, AppState, Mp4File};
+use crate::routes::{ApiErrorBody, AppState, Mp4File, PngFile};
 use crate::worker::Command;
 use crate::ApiError;
 
@@ -232,7 +233,7 @@ async fn wait_for(state: &AppState, job: &Arc<Job>) -> Result<Response, ApiError
     .unwrap_or(false);
     let status = job.status();
     match (finished, status.state) {
-        (true, JobState::Done) => video(job, Request::new(Body::empty())).await,
+        (true, JobState::Done) => result_file(job, Request::new(Body::empty())).await,
         (true, JobState::Failed) => Err(ApiError::JobFailed {
             id: status.id,
             error: status.error.unwrap_or_default(),
@@ -245,9 +246,9 @@ async fn wait_for(state: &AppState, job: &Arc<Job>) -> Result<Response, ApiError
     }
 }
 
-/// The video of a done job, through tower-http's file service: `Range` (206/416), HEAD,
-/// `Last-Modified` and conditional requests, `video/mp4`.
-pub(crate) async fn video(job: &Job, req: Request) -> Result<Response, ApiError> {
+/// The result of a done job, through tower-http's file service: `Range` (206/416), HEAD,
+/// `Last-Modified` and conditional requests, `video/mp4` or `image/png` from its extension.
+pub(crate) async fn result_file(job: &Job, req: Request) -> Result<Response, ApiError> {
     if job.status().expired {
         return Err(ApiError::Gone(job.id.clone()));
     }
@@ -259,7 +260,11 @@ pub(crate) async fn video(job: &Job, req: Request) -> Result<Response, ApiError>
         return Err(ApiError::Gone(job.id.clone()));
     }
     let mut resp = resp.map(Body::new);
-    let disposition = format!("inline; filename=\"{}.mp4\"", job.id);
+    let name = job
+        .output
+        .file_name()
+        .map_or_else(|| job.id.clone(), |n| n.to_string_lossy().into_owned());
+    let disposition = format!("inline; filename=\"{name}\"");
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
@@ -286,11 +291,11 @@ pub async fn status(
     Ok(Json(find(&state, &id)?.status()))
 }
 
-/// The headers `GET` would answer (size, type, `Accept-Ranges`), without the video.
+/// The headers `GET` would answer (size, type, `Accept-Ranges`), without the file.
 #[utoipa::path(head, path = "/v1/jobs/{id}/result", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "The video's headers"),
+        (status = 200, description = "The result's headers"),
         (status = 404, description = "No such job"),
         (status = 409, description = "The job is not done"),
         (status = 410, description = "Deleted by the retention policy")))]
@@ -302,14 +307,19 @@ pub async fn result_head(
     result(state, id, req).await
 }
 
-/// The MP4 of a done job; HEAD and byte ranges (`Range: bytes=a-b`) are supported.
+/// The result of a done job: the MP4 of a video job, the PNG of an InstantID job; HEAD and
+/// byte ranges (`Range: bytes=a-b`) are supported.
 #[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs",
     params(
         ("id" = String, Path, description = "Job id"),
         ("Range" = Option<String>, Header, description = "Byte range, e.g. `bytes=0-1023`")),
     responses(
-        (status = 200, description = "The video", content_type = "video/mp4", body = Mp4File),
-        (status = 206, description = "The requested range", content_type = "video/mp4", body = Mp4File),
+        (status = 200, description = "The video or the image", content(
+            (Mp4File = "video/mp4"),
+            (PngFile = "image/png"))),
+        (status = 206, description = "The requested range", content(
+            (Mp4File = "video/mp4"),
+            (PngFile = "image/png"))),
         (status = 404, description = "No such job", body = ApiErrorBody),
         (status = 409, description = "The job is not done", body = ApiErrorBody),
         (status = 410, description = "Deleted by the retention policy", body = ApiErrorBody),
@@ -321,7 +331,7 @@ pub async fn result(
 ) -> Result<Response, ApiError> {
     let job = find(&state, &id)?;
     match job.status().state {
-        JobState::Done => video(&job, req).await,
+        JobState::Done => result_file(&job, req).await,
         other => Err(ApiError::NotReady {
             id,
             state: other.as_str(),
@@ -335,7 +345,7 @@ pub async fn result(
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "`text/event-stream`: events `queued`, then while running one named after the stage (`loading`, `encoding_text`, `encoding_image`, `denoising` with step/total_steps, `decoding`, `writing_video`), then `done`, `failed` or `cancelled`; data is the job", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: events `queued`, then while running one named after the stage (`loading`, `encoding_text`, `encoding_image`, `denoising` with step/total_steps, `upsampling`, `decoding`, `writing_video` or `writing_image`), then `done`, `failed` or `cancelled`; data is the job", content_type = "text/event-stream", body = String),
         (status = 404, description = "No such job", body = ApiErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
@@ -348,8 +358,7 @@ pub async fn events(
                 return None;
             }
             let status = rx.borrow_and_update().clone();
-            // While running, the event is named after the stage (loading, encoding_text,
-            // encoding_image, denoising, decoding, writing_video).
+            // While running, the event is named after the stage.
             let name = match (status.state, status.stage) {
                 (JobState::Running, Some(stage)) => stage.as_str(),
                 (state, _) => state.as_str(),
@@ -380,25 +389,30 @@ pub async fn cancel(
 }
 
 impl AppState {
-    /// Puts a validated job in the bounded queue: a full queue is a 429, never a backlog.
+    /// Puts a validated job in the bounded queue of its family's worker: a full queue is a
+    /// 429, never a backlog.
     pub(crate) fn enqueue(&self, work: crate::jobs::Work) -> Result<Arc<Job>, ApiError> {
+        let family = work.family();
+        let (Some(model), Some(queue)) =
+            (self.model_description(family), self.workers().queue(family))
+        else {
+            return Err(ApiError::NotConfigured(format!(
+                "this server does not serve the {family} family"
+            )));
+        };
         let job = self
             .jobs()
-            .create(
-                work,
-                self.model_description().to_string(),
-                self.output_dir(),
-            )
+            .create(work, model, self.output_dir())
             .map_err(|e| ApiError::Internal(format!("job id: {e}")))?;
-        match self.queue().try_send(Command::Run(job.clone())) {
+        match queue.try_send(Command::Run(job.clone())) {
             Ok(()) => {
-                self.metrics().job_accepted();
+                self.metrics().job_accepted(family);
                 Ok(job)
             }
             Err(e) => {
                 self.jobs().remove(&job.id);
                 if matches!(e, TrySendError::Full(_)) {
-                    self.metrics().queue_full();
+                    self.metrics().queue_full(family);
                 }
                 Err(match e {
                     TrySendError::Full(_) => ApiError::QueueFull {

@@ -1,13 +1,17 @@
-//! The HTTP service: image-to-video jobs (submit, status, events, result, cancel) run by one
-//! worker thread that owns the model; liveness, readiness, a machine report, Prometheus
-//! metrics, model unloading and the OpenAPI document.
+//! The HTTP service: image-to-video and portrait jobs (submit, status, events, result,
+//! cancel) run by one worker thread per device, which owns the models of the families placed
+//! there; liveness, readiness, a machine report, Prometheus metrics, model unloading and the
+//! OpenAPI document.
 
 mod admission;
 mod config;
+mod config_instantid;
+mod devices;
 mod error;
 // Used by the InstantID handlers once they are registered (service_instantid).
 #[allow(dead_code)]
 mod face_service;
+mod families;
 mod family;
 mod host_memory;
 // Used by the InstantID handlers once they are registered (service_instantid).
@@ -18,12 +22,15 @@ mod jobs_api;
 mod metrics;
 mod model_facts;
 mod request;
+mod residency;
 mod retention;
 mod routes;
 mod service_i2v;
+mod system;
 mod worker;
 
 pub use config::{Limits, ServeConfig};
+pub use config_instantid::InstantIdConfig;
 pub use error::{ApiError, ServerError};
 pub use routes::{openapi, router, AppState};
 
@@ -33,9 +40,6 @@ use std::time::Duration;
 /// Binds, serves until ctrl-c/SIGTERM, then drains in-flight requests.
 pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     config.check()?;
-    let backend = config.attention_backend().map_err(ServerError::Config)?;
-    ltx_models::attention::set_backend(backend);
-    tracing::info!(%backend, "attention backend");
     let state = AppState::new(&config)?;
     let addr: SocketAddr = (config.host, config.port).into();
     let listener = tokio::net::TcpListener::bind(addr)

@@ -3,12 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ltx_gpu::report::CudaReport;
 
-use crate::family::{FamilyReport, FamilyState};
+use crate::family::{FamilyId, FamilyReport, FamilyState};
 use crate::jobs::{JobState, Stage};
 
 /// Upper bounds (seconds) of the stage-duration histogram buckets.
@@ -23,47 +22,67 @@ struct Histogram {
     sum: f64,
 }
 
+/// One family's job counters.
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    done: u64,
+    failed: u64,
+    cancelled: u64,
+    accepted: u64,
+    rejected_queue_full: u64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    done: AtomicU64,
-    failed: AtomicU64,
-    cancelled: AtomicU64,
-    accepted: AtomicU64,
-    rejected_queue_full: AtomicU64,
-    stages: Mutex<BTreeMap<Stage, Histogram>>,
+    jobs: Mutex<BTreeMap<FamilyId, Counters>>,
+    stages: Mutex<BTreeMap<(FamilyId, Stage), Histogram>>,
+}
+
+/// One worker's queue at scrape time.
+pub struct WorkerGauge {
+    /// "cpu" or "cuda:N".
+    pub device: String,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
 }
 
 /// Values read at scrape time.
 pub struct Gauges<'a> {
-    pub queue_depth: usize,
-    pub queue_capacity: usize,
+    pub workers: &'a [WorkerGauge],
     pub unfinished_jobs: usize,
     pub families: &'a [FamilyReport],
     pub cuda: &'a CudaReport,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Metrics {
-    pub fn job_accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, family: FamilyId, f: impl FnOnce(&mut Counters)) {
+        f(lock(&self.jobs).entry(family).or_default());
     }
 
-    pub fn queue_full(&self) {
-        self.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
+    pub fn job_accepted(&self, family: FamilyId) {
+        self.count(family, |c| c.accepted += 1);
     }
 
-    pub fn job_finished(&self, state: JobState) {
-        let c = match state {
-            JobState::Done => &self.done,
-            JobState::Failed => &self.failed,
-            JobState::Cancelled => &self.cancelled,
-            JobState::Queued | JobState::Running => return,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+    pub fn queue_full(&self, family: FamilyId) {
+        self.count(family, |c| c.rejected_queue_full += 1);
     }
 
-    pub fn stage_seconds(&self, stage: Stage, seconds: f64) {
-        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
-        let h = stages.entry(stage).or_default();
+    pub fn job_finished(&self, family: FamilyId, state: JobState) {
+        self.count(family, |c| match state {
+            JobState::Done => c.done += 1,
+            JobState::Failed => c.failed += 1,
+            JobState::Cancelled => c.cancelled += 1,
+            JobState::Queued | JobState::Running => {}
+        });
+    }
+
+    pub fn stage_seconds(&self, family: FamilyId, stage: Stage, seconds: f64) {
+        let mut stages = lock(&self.stages);
+        let h = stages.entry((family, stage)).or_default();
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
                 h.counts[i] += 1;
@@ -78,77 +97,105 @@ impl Metrics {
         let mut family = |name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        family("ltx_queue_depth", "gauge", "Jobs waiting in the queue.");
+        family("ltx_queue_depth", "gauge", "Jobs waiting in the queues.");
         family(
             "ltx_queue_capacity",
             "gauge",
-            "Jobs the queue holds before 429.",
+            "Jobs the queues hold before 429 (each worker's queue holds LTX_QUEUE_SIZE).",
+        );
+        family(
+            "ltx_worker_queue_depth",
+            "gauge",
+            "Jobs waiting for the worker of each device.",
+        );
+        family(
+            "ltx_worker_queue_capacity",
+            "gauge",
+            "Jobs the worker of each device holds before 429.",
         );
         family(
             "ltx_jobs_unfinished",
             "gauge",
             "Jobs queued or running (including cancelled-but-not-yet-stopped).",
         );
-        family("ltx_jobs_accepted_total", "counter", "Jobs accepted (202).");
+        family(
+            "ltx_jobs_accepted_total",
+            "counter",
+            "Jobs accepted (202), by model family.",
+        );
         family(
             "ltx_jobs_rejected_total",
             "counter",
-            "Submissions refused, by reason.",
+            "Submissions refused, by model family and reason.",
         );
-        family("ltx_jobs_total", "counter", "Finished jobs by outcome.");
+        family(
+            "ltx_jobs_total",
+            "counter",
+            "Finished jobs by model family and outcome.",
+        );
+        let depth: usize = g.workers.iter().map(|w| w.queue_depth).sum();
+        let capacity: usize = g.workers.iter().map(|w| w.queue_capacity).sum();
         let _ = (
-            writeln!(o, "ltx_queue_depth {}", g.queue_depth),
-            writeln!(o, "ltx_queue_capacity {}", g.queue_capacity),
+            writeln!(o, "ltx_queue_depth {depth}"),
+            writeln!(o, "ltx_queue_capacity {capacity}"),
             writeln!(o, "ltx_jobs_unfinished {}", g.unfinished_jobs),
-            writeln!(
-                o,
-                "ltx_jobs_accepted_total {}",
-                self.accepted.load(Ordering::Relaxed)
-            ),
-            writeln!(
-                o,
-                "ltx_jobs_rejected_total{{reason=\"queue_full\"}} {}",
-                self.rejected_queue_full.load(Ordering::Relaxed)
-            ),
         );
-        for (outcome, c) in [
-            ("done", &self.done),
-            ("failed", &self.failed),
-            ("cancelled", &self.cancelled),
-        ] {
+        for w in g.workers {
             let _ = writeln!(
                 o,
-                "ltx_jobs_total{{outcome=\"{outcome}\"}} {}",
-                c.load(Ordering::Relaxed)
+                "ltx_worker_queue_depth{{device=\"{0}\"}} {1}\n\
+                 ltx_worker_queue_capacity{{device=\"{0}\"}} {2}",
+                w.device, w.queue_depth, w.queue_capacity
             );
+        }
+        let jobs = lock(&self.jobs).clone();
+        for id in FamilyId::ALL {
+            let c = jobs.get(&id).copied().unwrap_or_default();
+            let f = id.as_str();
+            let _ = writeln!(
+                o,
+                "ltx_jobs_accepted_total{{family=\"{f}\"}} {}\n\
+                 ltx_jobs_rejected_total{{family=\"{f}\",reason=\"queue_full\"}} {}",
+                c.accepted, c.rejected_queue_full
+            );
+            for (outcome, n) in [
+                ("done", c.done),
+                ("failed", c.failed),
+                ("cancelled", c.cancelled),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "ltx_jobs_total{{family=\"{f}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
         }
 
         let _ = writeln!(
             o,
-            "# HELP ltx_stage_duration_seconds Time jobs spent in each stage.\n\
+            "# HELP ltx_stage_duration_seconds Time jobs spent in each stage, by model family.\n\
              # TYPE ltx_stage_duration_seconds histogram"
         );
-        let stages = self
-            .stages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for stage in Stage::ALL {
-            let h = stages.get(&stage).cloned().unwrap_or_default();
-            let s = stage.as_str();
-            for (le, n) in BUCKETS.iter().zip(h.counts) {
+        let stages = lock(&self.stages).clone();
+        for id in FamilyId::ALL {
+            let f = id.as_str();
+            for stage in Stage::ALL {
+                let h = stages.get(&(id, stage)).cloned().unwrap_or_default();
+                let s = stage.as_str();
+                let labels = format!("family=\"{f}\",stage=\"{s}\"");
+                for (le, n) in BUCKETS.iter().zip(h.counts) {
+                    let _ = writeln!(
+                        o,
+                        "ltx_stage_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}"
+                    );
+                }
                 let _ = writeln!(
                     o,
-                    "ltx_stage_duration_seconds_bucket{{stage=\"{s}\",le=\"{le}\"}} {n}"
+                    "ltx_stage_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
+                     ltx_stage_duration_seconds_sum{{{labels}}} {}\n\
+                     ltx_stage_duration_seconds_count{{{labels}}} {}",
+                    h.count, h.sum, h.count
                 );
             }
-            let _ = writeln!(
-                o,
-                "ltx_stage_duration_seconds_bucket{{stage=\"{s}\",le=\"+Inf\"}} {}\n\
-                 ltx_stage_duration_seconds_sum{{stage=\"{s}\"}} {}\n\
-                 ltx_stage_duration_seconds_count{{stage=\"{s}\"}} {}",
-                h.count, h.sum, h.count
-            );
         }
 
         let _ = writeln!(
@@ -208,18 +255,30 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
-        m.stage_seconds(Stage::Denoising, 0.2);
-        m.stage_seconds(Stage::Denoising, 7.0);
-        m.job_finished(JobState::Done);
+        m.stage_seconds(FamilyId::Ltx, Stage::Denoising, 0.2);
+        m.stage_seconds(FamilyId::Ltx, Stage::Denoising, 7.0);
+        m.stage_seconds(FamilyId::InstantId, Stage::Denoising, 1.0);
+        m.job_finished(FamilyId::Ltx, JobState::Done);
         let cuda = CudaReport {
             available: false,
             reason: None,
             libtorch_cuda: None,
             devices: vec![],
         };
+        let workers = [
+            WorkerGauge {
+                device: "cuda:0".into(),
+                queue_depth: 3,
+                queue_capacity: 16,
+            },
+            WorkerGauge {
+                device: "cuda:1".into(),
+                queue_depth: 1,
+                queue_capacity: 16,
+            },
+        ];
         let text = m.render(&Gauges {
-            queue_depth: 3,
-            queue_capacity: 16,
+            workers: &workers,
             unfinished_jobs: 4,
             families: &[],
             cuda: &cuda,
@@ -233,16 +292,25 @@ mod tests {
                 .unwrap()
                 .to_string()
         };
-        let b = "ltx_stage_duration_seconds_bucket{stage=\"denoising\"";
+        let b = "ltx_stage_duration_seconds_bucket{family=\"ltx\",stage=\"denoising\"";
         assert_eq!(line(&format!("{b},le=\"0.1\"}}")), "0");
         assert_eq!(line(&format!("{b},le=\"0.5\"}}")), "1");
         assert_eq!(line(&format!("{b},le=\"10\"}}")), "2");
         assert_eq!(line(&format!("{b},le=\"+Inf\"}}")), "2");
         assert_eq!(
-            line("ltx_stage_duration_seconds_sum{stage=\"denoising\"}"),
+            line("ltx_stage_duration_seconds_sum{family=\"ltx\",stage=\"denoising\"}"),
             "7.2"
         );
-        assert_eq!(line("ltx_jobs_total{outcome=\"done\"}"), "1");
-        assert_eq!(line("ltx_queue_depth"), "3");
+        assert_eq!(
+            line("ltx_stage_duration_seconds_count{family=\"instantid\",stage=\"denoising\"}"),
+            "1"
+        );
+        assert_eq!(line("ltx_jobs_total{family=\"ltx\",outcome=\"done\"}"), "1");
+        assert_eq!(
+            line("ltx_jobs_total{family=\"instantid\",outcome=\"done\"}"),
+            "0"
+        );
+        assert_eq!(line("ltx_queue_depth "), "4");
+        assert_eq!(line("ltx_worker_queue_depth{device=\"cuda:1\"}"), "1");
     }
 }

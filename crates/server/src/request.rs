@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::jobs::Work;
+use crate::jobs::{VideoInput, Work, WorkKind};
 use crate::model_facts::Multiples;
 use crate::ApiError;
 
@@ -242,14 +242,10 @@ pub(crate) fn multiscale_work(
             ),
         );
     }
-    Ok(Work {
-        image,
-        kind: crate::jobs::WorkKind::Multiscale(Box::new(request)),
-        fps,
+    Ok(Work::new(
+        WorkKind::Multiscale(VideoInput { image, fps }, Box::new(request)),
         warnings,
-        plan: Default::default(),
-        host_memory: None,
-    })
+    ))
 }
 
 pub(crate) fn decode_base64(data: &str) -> Result<Vec<u8>, ApiError> {
@@ -406,14 +402,10 @@ impl I2vRequest {
             None => decode_base64(&self.image)?,
         };
         let image = decode_image(&bytes, limits)?;
-        Ok(Work {
-            image,
-            kind: crate::jobs::WorkKind::I2v(params),
-            fps,
-            warnings: Vec::new(),
-            plan: Default::default(),
-            host_memory: None,
-        })
+        Ok(Work::new(
+            WorkKind::I2v(VideoInput { image, fps }, params),
+            Vec::new(),
+        ))
     }
 
     /// `"pipeline": "multiscale"`: the 0.9.7/0.9.8 flow's rules.

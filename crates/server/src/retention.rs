@@ -1,7 +1,7 @@
-//! Result retention. A done job's video stays in the output folder, with its status beside it
-//! (`{id}.json`, so a restarted server still serves it), until it is older than the age limit,
-//! or the folder's results exceed the byte limit (oldest first; the newest result is never
-//! deleted for bytes). Only files named after job ids are ever deleted.
+//! Result retention. A done job's result (`{id}.mp4` or `{id}.png`) stays in the output folder,
+//! with its status beside it (`{id}.json`, so a restarted server still serves it), until it is
+//! older than the age limit, or the folder's results exceed the byte limit (oldest first; the
+//! newest result is never deleted for bytes). Only files named after job ids are ever deleted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,14 +14,19 @@ pub struct Retention {
     pub max_bytes: u64,
 }
 
-/// Where a job's status is kept beside its video.
-pub fn record_path(video: &Path) -> PathBuf {
-    video.with_extension("json")
+/// The extensions of results (videos and images).
+pub const RESULT_EXTENSIONS: [&str; 2] = ["mp4", "png"];
+
+/// Where a job's status is kept beside its result.
+pub fn record_path(result: &Path) -> PathBuf {
+    result.with_extension("json")
 }
 
-/// Where a video is written before it is complete (renamed to its final name when it is).
-pub fn partial_path(video: &Path) -> PathBuf {
-    video.with_extension("mp4.part")
+/// Where a result is written before it is complete (renamed to its final name when it is):
+/// `{id}.mp4.part`, `{id}.png.part`.
+pub fn partial_path(result: &Path) -> PathBuf {
+    let ext = result.extension().and_then(|e| e.to_str()).unwrap_or("");
+    result.with_extension(format!("{ext}.part"))
 }
 
 /// Writes the status of a done job beside its video (to a temporary name, then renamed, so a
@@ -106,11 +111,11 @@ pub fn sweep(jobs: &JobStore, r: Retention, now: u64) -> Swept {
 }
 
 /// At start-up: takes back the done jobs recorded in `dir` that are still within retention,
-/// and deletes what is past it, half-written, or has no record (a video whose job can no
+/// and deletes what is past it, half-written, or has no record (a result whose job can no
 /// longer be asked for). Returns how many jobs were restored.
 pub fn restore(jobs: &JobStore, dir: &Path, r: Retention, now: u64) -> std::io::Result<usize> {
     let mut restored = 0;
-    let mut videos = Vec::new();
+    let mut results = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -124,35 +129,47 @@ pub fn restore(jobs: &JobStore, dir: &Path, r: Retention, now: u64) -> std::io::
         }
         match ext {
             "json" => {
-                let video = path.with_extension("mp4");
+                let result = RESULT_EXTENSIONS
+                    .iter()
+                    .map(|e| path.with_extension(e))
+                    .find(|p| p.is_file());
                 let status: Option<JobStatus> = std::fs::read(&path)
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
-                match status {
-                    Some(s)
+                match (status, result) {
+                    (Some(s), Some(result))
                         if s.id == stem
                             && s.state == JobState::Done
                             && !s.expired
-                            && s.expires_at.is_some_and(|e| e > now)
-                            && video.is_file() =>
+                            && s.expires_at.is_some_and(|e| e > now) =>
                     {
-                        jobs.restore(s, video);
+                        jobs.restore(s, result);
                         restored += 1;
                     }
-                    _ => {
+                    (_, result) => {
                         let _ = std::fs::remove_file(&path);
-                        let _ = std::fs::remove_file(&video);
+                        if let Some(r) = result {
+                            let _ = std::fs::remove_file(&r);
+                        }
                     }
                 }
             }
-            "mp4" => videos.push((stem.to_string(), path.clone())),
-            "mp4.part" | "json.part" => {
+            "json.part" => {
+                let _ = std::fs::remove_file(&path);
+            }
+            ext if RESULT_EXTENSIONS.contains(&ext) => {
+                results.push((stem.to_string(), path.clone()))
+            }
+            ext if ext
+                .strip_suffix(".part")
+                .is_some_and(|e| RESULT_EXTENSIONS.contains(&e)) =>
+            {
                 let _ = std::fs::remove_file(&path);
             }
             _ => {}
         }
     }
-    for (id, path) in videos {
+    for (id, path) in results {
         if jobs.get(&id).is_none() {
             let _ = std::fs::remove_file(&path);
         }
@@ -184,6 +201,7 @@ mod tests {
             queued_seconds: None,
             run_seconds: None,
             timings: Default::default(),
+            family: "ltx".into(),
             model: "demo".into(),
             seed: 0,
             memory: None,
@@ -199,7 +217,18 @@ mod tests {
     }
 
     fn done_job(jobs: &JobStore, dir: &Path, n: u8, expires: u64, len: usize) -> PathBuf {
-        let video = dir.join(format!("{}.mp4", id(n)));
+        done_result(jobs, dir, n, expires, len, "mp4")
+    }
+
+    fn done_result(
+        jobs: &JobStore,
+        dir: &Path,
+        n: u8,
+        expires: u64,
+        len: usize,
+        ext: &str,
+    ) -> PathBuf {
+        let video = dir.join(format!("{}.{ext}", id(n)));
         std::fs::write(&video, vec![0u8; len]).unwrap();
         jobs.restore(status(&id(n), JobState::Done, Some(expires)), video.clone());
         persist(&jobs.get(&id(n)).unwrap()).unwrap();
@@ -211,6 +240,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn partial_results_keep_their_kind() {
+        let p = partial_path(Path::new("/o/abc.png"));
+        assert_eq!(p, Path::new("/o/abc.png.part"));
+        assert_eq!(
+            partial_path(Path::new("/o/abc.mp4")),
+            Path::new("/o/abc.mp4.part")
+        );
     }
 
     #[test]
@@ -265,9 +304,13 @@ mod tests {
             let jobs = JobStore::default();
             done_job(&jobs, &dir, 1, 5000, 10); // live
             done_job(&jobs, &dir, 2, 1500, 10); // past retention
+            done_result(&jobs, &dir, 6, 5000, 10, "png"); // a live portrait
+            done_result(&jobs, &dir, 7, 1500, 10, "png"); // past retention
         }
         std::fs::write(dir.join(format!("{}.mp4", id(3))), b"orphan").unwrap();
+        std::fs::write(dir.join(format!("{}.png", id(8))), b"orphan").unwrap();
         std::fs::write(dir.join(format!("{}.mp4.part", id(4))), b"half").unwrap();
+        std::fs::write(dir.join(format!("{}.png.part", id(9))), b"half").unwrap();
         std::fs::write(dir.join(format!("{}.json", id(5))), b"{not json").unwrap();
         std::fs::write(dir.join("keep-me.mp4"), b"not ours").unwrap();
         let jobs = JobStore::default();
@@ -275,7 +318,7 @@ mod tests {
             max_age_s: 1000,
             max_bytes: u64::MAX,
         };
-        assert_eq!(restore(&jobs, &dir, r, 2000).unwrap(), 1);
+        assert_eq!(restore(&jobs, &dir, r, 2000).unwrap(), 2);
         let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -284,11 +327,15 @@ mod tests {
         let mut want = vec![
             format!("{}.json", id(1)),
             format!("{}.mp4", id(1)),
+            format!("{}.json", id(6)),
+            format!("{}.png", id(6)),
             "keep-me.mp4".to_string(),
         ];
         want.sort();
         assert_eq!(left, want);
         assert_eq!(jobs.get(&id(1)).unwrap().status().state, JobState::Done);
+        let portrait = jobs.get(&id(6)).unwrap();
+        assert_eq!(portrait.output, dir.join(format!("{}.png", id(6))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,12 +1,9 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, Method, Uri};
-use axum::response::IntoResponse;
+use axum::http::{Method, Uri};
 use axum::{Json, Router};
 use ltx_gpu::device::ResolvedDevice;
-use ltx_gpu::report::{self, CudaReport};
-use ltx_gpu::DeviceSpec;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::{OpenApi, ToSchema};
@@ -15,46 +12,64 @@ use utoipa_axum::routes;
 
 use crate::admission::Planner;
 use crate::config::Limits;
-use crate::family::{Family, FamilyReport, FamilyState, OffloadReport, Unloaded, FAMILIES};
+use crate::devices::{self, Served, Workers};
+use crate::families::ltx::{model_description, LtxFamily, LtxSettings};
+use crate::family::{Family, FamilyId, FamilyReport, FamilyState, OffloadReport, Unloaded};
 use crate::host_memory::HostBudget;
 use crate::jobs::JobStore;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::Metrics;
 use crate::model_facts::ModelFacts;
-use crate::worker::{self, Command, WorkerConfig};
+use crate::worker::{device_name, Command};
 use crate::{jobs_api, retention, ApiError, ServeConfig, ServerError};
 use ltx_pipelines::budget::HostPlacement;
 
-/// Shared state of the routes: settings, the job store and the worker's queue.
+/// Shared state of the routes: settings, the job store and the workers' queues.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    ltx_device: DeviceSpec,
-    resolved: ResolvedDevice,
-    model: String,
     jobs: JobStore,
-    queue: mpsc::Sender<Command>,
-    family: Family,
+    workers: Workers,
     metrics: Arc<Metrics>,
     config: ServeConfig,
     openapi: OnceLock<String>,
     planner: Planner,
 }
 
+/// A family's report before anything is loaded.
+pub(crate) fn initial_report(
+    id: FamilyId,
+    device: &ResolvedDevice,
+    model: String,
+    attention: ltx_models::attention::AttentionBackend,
+    requested: ltx_pipelines::OffloadMode,
+) -> Family {
+    let offload = OffloadReport::new(requested, matches!(device, ResolvedDevice::Cuda(_)));
+    if let Some(note) = &offload.note {
+        tracing::info!("{id} offload: {note}");
+    }
+    Family::new(FamilyReport {
+        name: id.as_str(),
+        state: FamilyState::Unloaded,
+        device: device_name(device),
+        model,
+        attention: attention.as_str().to_string(),
+        gpu_bytes: 0,
+        host_bytes: 0,
+        offload,
+        load_seconds: None,
+        loads: 0,
+    })
+}
+
 impl AppState {
-    /// Checks the configured device against the machine: an explicit `cuda:N` that is not
-    /// usable stops the server here, with the reason; `auto` falls back to the CPU and says why.
-    /// Takes back the results of an earlier run that are still within retention.
+    /// Checks each family's configured device against the machine (see [`devices::resolve`]),
+    /// reads the configured models' configs, starts one worker per device, and takes back the
+    /// results of an earlier run that are still within retention.
     pub fn new(config: &ServeConfig) -> Result<Self, ServerError> {
-        let resolved = config.ltx_device.resolve()?;
-        match &resolved {
-            ResolvedDevice::Cpu {
-                cuda_unavailable: Some(why),
-            } => tracing::warn!("LTX_DEVICE=auto: using the CPU ({why})"),
-            other => tracing::info!(device = ?other.tch_device(), "LTX-Video device"),
-        }
+        let ltx_device = devices::resolve("LTX_DEVICE", config.ltx_device)?;
         std::fs::create_dir_all(&config.output_dir).map_err(|source| ServerError::OutputDir {
             path: config.output_dir.clone(),
             source,
@@ -70,26 +85,10 @@ impl AppState {
             path: config.output_dir.clone(),
             source,
         })?;
-        let model = worker::model_description(config.ltx_model.as_deref());
         if config.ltx_model.is_none() {
             tracing::warn!("no LTX_MODEL configured: serving the demo model (random weights, videos are noise)");
         }
-        let on_cuda = matches!(resolved, ResolvedDevice::Cuda(_));
-        let offload = OffloadReport::new(config.ltx_offload(), on_cuda);
-        if let Some(note) = &offload.note {
-            tracing::info!("LTX-Video offload: {note}");
-        }
-        let family = Family::new(FamilyReport {
-            name: FAMILIES[0],
-            state: FamilyState::Unloaded,
-            device: device_name(&resolved),
-            model: model.clone(),
-            gpu_bytes: 0,
-            host_bytes: 0,
-            offload,
-            load_seconds: None,
-            loads: 0,
-        });
+        let on_cuda = matches!(ltx_device, ResolvedDevice::Cuda(_));
         let placement = if on_cuda {
             // The VRAM planner may offload any job: count the pinned copies.
             HostPlacement::Cuda(ltx_pipelines::OffloadMode::Model)
@@ -114,43 +113,56 @@ impl AppState {
             "host memory budget (LTX_HOST_BUDGET={})",
             config.ltx_host_budget
         );
+        let tiling = config.tile_config().map_err(ServerError::Config)?;
+        let attention = config.attention_backend().map_err(ServerError::Config)?;
         let planner = Planner {
-            facts,
+            facts: facts.clone(),
             host,
-            tiling: config.tile_config().map_err(ServerError::Config)?,
+            tiling: tiling.clone(),
             tiling_on: config.ltx_enable_vae_tiling,
-            attention: config.attention_backend().map_err(ServerError::Config)?,
+            attention,
         };
         let metrics = Arc::new(Metrics::default());
-        let queue = worker::spawn(
-            WorkerConfig {
-                model: config.ltx_model.clone(),
-                upsampler: config.ltx_upsampler.clone(),
-                device: resolved.clone(),
-                memory: ltx_pipelines::MemoryOptions {
-                    mode: config.ltx_offload(),
-                    prefetch: config.ltx_offload_prefetch,
-                },
-                budget: config
-                    .ltx_vram_budget
-                    .parse()
-                    .map_err(ServerError::Config)?,
-                tiling: config.tile_config().map_err(ServerError::Config)?,
-                tiling_on: config.ltx_enable_vae_tiling,
-                family: family.clone(),
-                metrics: metrics.clone(),
-                retention: config.retention(),
+        let ltx = LtxFamily::new(LtxSettings {
+            model: config.ltx_model.clone(),
+            upsampler: config.ltx_upsampler.clone(),
+            device: ltx_device.tch_device(),
+            memory: ltx_pipelines::MemoryOptions {
+                mode: config.ltx_offload(),
+                prefetch: config.ltx_offload_prefetch,
             },
+            budget: config
+                .ltx_vram_budget
+                .parse()
+                .map_err(ServerError::Config)?,
+            tiling,
+            tiling_on: config.ltx_enable_vae_tiling,
+            attention,
+            facts,
+        });
+        let served = vec![Served {
+            report: initial_report(
+                FamilyId::Ltx,
+                &ltx_device,
+                model_description(config.ltx_model.as_deref()),
+                attention,
+                config.ltx_offload(),
+            ),
+            family: Box::new(ltx),
+            configured: config.ltx_device,
+            device: ltx_device,
+        }];
+        let workers = Workers::start(
+            served,
+            host,
+            metrics.clone(),
+            config.retention(),
             config.queue_size,
         )?;
         Ok(Self {
             inner: Arc::new(Inner {
-                ltx_device: config.ltx_device,
-                resolved,
-                model,
                 jobs,
-                queue,
-                family,
+                workers,
                 metrics,
                 config: config.clone(),
                 openapi: OnceLock::new(),
@@ -163,21 +175,21 @@ impl AppState {
         &self.inner.jobs
     }
 
-    pub(crate) fn queue(&self) -> &mpsc::Sender<Command> {
-        &self.inner.queue
+    pub(crate) fn workers(&self) -> &Workers {
+        &self.inner.workers
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
+    /// Each worker's queue holds this many jobs.
     pub(crate) fn queue_capacity(&self) -> usize {
         self.inner.config.queue_size
     }
 
-    /// Commands waiting in the queue.
-    pub(crate) fn queue_depth(&self) -> usize {
-        self.inner.queue.max_capacity() - self.inner.queue.capacity()
+    pub(crate) fn config(&self) -> &ServeConfig {
+        &self.inner.config
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -188,8 +200,12 @@ impl AppState {
         &self.inner.config.output_dir
     }
 
-    pub(crate) fn model_description(&self) -> &str {
-        &self.inner.model
+    /// The model a family serves, as jobs report it.
+    pub(crate) fn model_description(&self, family: FamilyId) -> Option<String> {
+        self.inner
+            .workers
+            .family(family)
+            .map(|f| f.report.get().model)
     }
 
     pub(crate) fn wait_timeout_s(&self) -> u64 {
@@ -214,6 +230,10 @@ impl AppState {
 
     pub(crate) fn condition_compression(&self) -> bool {
         self.inner.config.ltx_condition_compression
+    }
+
+    pub(crate) fn openapi_json(&self) -> String {
+        self.inner.openapi.get().cloned().unwrap_or_default()
     }
 
     /// Cancels every unfinished job (shutdown); returns how many.
@@ -243,19 +263,13 @@ impl AppState {
     }
 }
 
-fn device_name(d: &ResolvedDevice) -> String {
-    match d {
-        ResolvedDevice::Cpu { .. } => "cpu".into(),
-        ResolvedDevice::Cuda(d) => format!("cuda:{}", d.index()),
-    }
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "ltx-i2v",
-        description = "LTX-Video image-to-video inference server. Jobs are queued, run one at a \
-                       time per device, and report progress; errors are JSON \
+        description = "LTX-Video image-to-video and InstantID portrait inference server. Jobs \
+                       are queued, run one at a time per device (each model family on its \
+                       configured device), and report progress; errors are JSON \
                        `{error_type, message, field}`."
     ),
     components(schemas(ApiErrorBody))
@@ -284,13 +298,19 @@ pub struct ApiErrorBody {
 #[allow(dead_code)] // documents a binary body; handlers stream the file
 pub struct Mp4File(Vec<u8>);
 
+/// A PNG image: the response body is the file's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary, content_media_type = "image/png")]
+#[allow(dead_code)] // documents a binary body; handlers stream the file
+pub struct PngFile(Vec<u8>);
+
 /// The routes and their OpenAPI document, from the same handler list.
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .routes(routes!(ready))
-        .routes(routes!(system))
-        .routes(routes!(metrics))
+        .routes(routes!(crate::system::system))
+        .routes(routes!(crate::system::metrics))
         .routes(routes!(openapi_json))
         .routes(routes!(unload))
         .routes(routes!(jobs_api::submit))
@@ -330,123 +350,32 @@ async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: `200` while the worker thread takes jobs, `503` once it has stopped.
+/// Readiness: `200` while every device's worker takes jobs, `503` once one has stopped.
 #[utoipa::path(get, path = "/ready", tag = "service", responses(
-    (status = 200, description = "The worker takes jobs", body = Health),
-    (status = 503, description = "The worker has stopped", body = ApiErrorBody)))]
+    (status = 200, description = "The workers take jobs", body = Health),
+    (status = 503, description = "A worker has stopped", body = ApiErrorBody)))]
 async fn ready(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    if state.queue().is_closed() {
-        Err(ApiError::Unavailable)
-    } else {
+    if state.workers().all_running() {
         Ok(Json(Health { status: "ready" }))
+    } else {
+        Err(ApiError::Unavailable)
     }
-}
-
-#[derive(Serialize, ToSchema)]
-struct DeviceChoice {
-    configured: String,
-    /// "cpu" or "cuda:N".
-    using: String,
-    /// Why `auto` chose the CPU.
-    fallback_reason: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-struct System {
-    version: &'static str,
-    /// The LTX-Video model the worker serves (loaded on the first job).
-    ltx_model: String,
-    queue_capacity: usize,
-    queue_depth: usize,
-    torch_version: &'static str,
-    cpu_threads: usize,
-    /// Attention backend in use: sdpa, sliced or math.
-    attention: &'static str,
-    /// `PYTORCH_CUDA_ALLOC_CONF` as libtorch's CUDA allocator reads it from the environment.
-    pytorch_cuda_alloc_conf: Option<String>,
-    ltx_device: DeviceChoice,
-    /// Each model family: state, device, weight bytes on GPU and host, offload mode.
-    models: Vec<FamilyReport>,
-    /// CUDA status and each device's memory (allocated, reserved, peaks, free, total).
-    #[schema(value_type = Object)]
-    cuda: CudaReport,
-}
-
-async fn cuda_report() -> Result<CudaReport, ApiError> {
-    // Device queries go through the CUDA driver and c10: keep them off the async executor.
-    tokio::task::spawn_blocking(report::cuda_report)
-        .await
-        .map_err(|e| ApiError::Internal(format!("system report task: {e}")))
-}
-
-/// Devices, memory, model families and settings.
-#[utoipa::path(get, path = "/v1/system", tag = "service",
-    responses((status = 200, description = "The machine and the models", body = System)))]
-async fn system(State(state): State<AppState>) -> Result<Json<System>, ApiError> {
-    let cuda = cuda_report().await?;
-    let inner = &state.inner;
-    let fallback_reason = match &inner.resolved {
-        ResolvedDevice::Cpu { cuda_unavailable } => {
-            cuda_unavailable.as_ref().map(ToString::to_string)
-        }
-        ResolvedDevice::Cuda(_) => None,
-    };
-    Ok(Json(System {
-        version: env!("CARGO_PKG_VERSION"),
-        ltx_model: state.model_description().to_string(),
-        queue_capacity: state.queue_capacity(),
-        queue_depth: state.queue_depth(),
-        torch_version: ltx_gpu::torch_version(),
-        cpu_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        attention: ltx_models::attention::backend().as_str(),
-        pytorch_cuda_alloc_conf: std::env::var("PYTORCH_CUDA_ALLOC_CONF").ok(),
-        ltx_device: DeviceChoice {
-            configured: inner.ltx_device.to_string(),
-            using: device_name(&inner.resolved),
-            fallback_reason,
-        },
-        models: vec![inner.family.get()],
-        cuda,
-    }))
-}
-
-/// Prometheus metrics (text exposition format 0.0.4): queue depth, jobs by outcome, stage
-/// durations, model state and weight bytes, GPU memory.
-#[utoipa::path(get, path = "/metrics", tag = "service", responses(
-    (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String)))]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let cuda = cuda_report().await?;
-    let families = [state.inner.family.get()];
-    let text = state.metrics().render(&Gauges {
-        queue_depth: state.queue_depth(),
-        queue_capacity: state.queue_capacity(),
-        unfinished_jobs: state.jobs().unfinished(),
-        families: &families,
-        cuda: &cuda,
-    });
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    ))
 }
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "service", responses(
     (status = 200, description = "The OpenAPI 3.1 document of this server", content_type = "application/json", body = Object)))]
-async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+async fn openapi_json(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/json")],
-        state.inner.openapi.get().cloned().unwrap_or_default(),
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        state.openapi_json(),
     )
 }
 
 /// Drops a model family's weights and releases its memory (after the jobs queued before this
-/// request); the next job loads it again.
+/// request on its device's worker); the next job loads it again.
 #[utoipa::path(post, path = "/v1/models/{family}/unload", tag = "models",
-    params(("family" = String, Path, description = "Model family: `ltx`")),
+    params(("family" = String, Path, description = "Model family: `ltx` or `instantid`")),
     responses(
         (status = 200, description = "Unloaded", body = Unloaded),
         (status = 404, description = "No such family", body = ApiErrorBody),
@@ -456,16 +385,23 @@ async fn unload(
     State(state): State<AppState>,
     Path(family): Path<String>,
 ) -> Result<Json<Unloaded>, ApiError> {
-    if !FAMILIES.contains(&family.as_str()) {
+    let served: Vec<&str> = state
+        .workers()
+        .families
+        .iter()
+        .map(|f| f.id.as_str())
+        .collect();
+    let Some((id, queue)) =
+        FamilyId::parse(&family).and_then(|id| Some((id, state.workers().queue(id)?)))
+    else {
         return Err(ApiError::NoSuchFamily {
             family,
-            known: FAMILIES.join(", "),
+            known: served.join(", "),
         });
-    }
+    };
     let (tx, rx) = oneshot::channel();
-    state
-        .queue()
-        .try_send(Command::Unload(tx))
+    queue
+        .try_send(Command::Unload(id, tx))
         .map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ApiError::QueueFull {
                 capacity: state.queue_capacity(),

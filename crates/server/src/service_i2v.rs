@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::config::Limits;
 use crate::jobs::{Job, JobState, Work};
-use crate::jobs_api::{content_type, read_form_fields, video};
+use crate::jobs_api::{content_type, read_form_fields, result_file};
 use crate::request::{
     area_within, even_sides, finite, int_in, multiscale_work, prompt_within, steps_in,
 };
@@ -281,7 +281,7 @@ pub async fn service_i2v(
     guard.0 = None;
     let status = job.status();
     match status.state {
-        JobState::Done => video(&job, Request::new(Body::empty())).await,
+        JobState::Done => result_file(&job, Request::new(Body::empty())).await,
         JobState::Failed => Err(ApiError::JobFailed {
             id: status.id,
             error: status.error.unwrap_or_default(),

@@ -1,43 +1,54 @@
-//! The worker: one OS thread that owns every tensor and the model, fed by a bounded channel of
-//! commands (run a job, unload the model). The model loads on the first job (lazy loading),
-//! and each job either finishes with a video on disk, fails with its error, or stops at a
-//! step boundary when cancelled; the thread keeps serving after a failed job. After every
-//! job the CUDA allocator's cache is released and the amount logged.
+//! A device's worker: one OS thread that owns every tensor of the families placed on that
+//! device, fed by a bounded channel of commands (run a job, unload a family) that it serves in
+//! order. Each family loads on its first job (lazy loading). Before a job the device's
+//! residency manager makes room for it ([`crate::residency`]); the job then finishes with its
+//! file on disk, fails with its error, or stops at a step boundary when cancelled, and the
+//! thread keeps serving after a failed job. After every job the CUDA allocator's cache is
+//! released and the amount logged.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ltx_gpu::device::ResolvedDevice;
 use ltx_models::ModelError;
-use ltx_pipelines::budget::{self, LadderError};
-use ltx_pipelines::demo::demo_pipeline;
-use ltx_pipelines::multiscale::MultiscaleStage;
-use ltx_pipelines::tiled_decode::TileConfig;
-use ltx_pipelines::video::write_mp4;
-use ltx_pipelines::{BudgetSpec, LtxI2vPipeline, MemoryOptions, Progress};
-use tch::Kind;
+use ltx_pipelines::budget::{self, HostPlacement, LadderError};
+use ltx_pipelines::MemoryOptions;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::family::{Family, FamilyState, Unloaded};
-use crate::jobs::{unix_now, Job, JobMemory, JobState, Stage, WorkKind};
+use crate::families::{JobCtx, ModelFamily};
+use crate::family::{Family, FamilyId, FamilyState, Unloaded};
+use crate::host_memory::{resident_bytes, HostBudget, RUNTIME_BYTES};
+use crate::jobs::{unix_now, Job, JobMemory, JobState, Stage, Work};
 use crate::metrics::Metrics;
+use crate::residency::{self, EvictAction, Eviction, Holder};
 use crate::retention::{self, Retention};
 use crate::ServerError;
 
+/// A family on this worker's device, with the report it keeps up to date.
+pub struct Slot {
+    pub family: Box<dyn ModelFamily>,
+    pub report: Family,
+    /// The worker's job counter when the family last ran a job (least recently used leaves
+    /// the device first).
+    last_used: u64,
+}
+
+impl Slot {
+    pub fn new(family: Box<dyn ModelFamily>, report: Family) -> Self {
+        Self {
+            family,
+            report,
+            last_used: 0,
+        }
+    }
+}
+
 pub struct WorkerConfig {
-    pub model: Option<PathBuf>,
-    /// The multi-scale flow's latent upsampler (`LTX_UPSAMPLER`; the demo model has its own).
-    pub upsampler: Option<PathBuf>,
     pub device: ResolvedDevice,
-    /// The offload mode (applied on CUDA; a no-op on the CPU).
-    pub memory: MemoryOptions,
-    /// VRAM budget for the residency manager (CUDA only).
-    pub budget: BudgetSpec,
-    /// Tiled decoding settings, and whether the switch turns tiling on for every job.
-    pub tiling: TileConfig,
-    pub tiling_on: bool,
-    pub family: Family,
+    pub families: Vec<Slot>,
+    /// The host budget (`LTX_HOST_BUDGET`): room for offloaded copies, and on the CPU the
+    /// device's memory.
+    pub host: HostBudget,
     pub metrics: Arc<Metrics>,
     pub retention: Retention,
 }
@@ -45,84 +56,70 @@ pub struct WorkerConfig {
 /// What the worker is asked to do, in queue order.
 pub enum Command {
     Run(Arc<Job>),
-    /// Drop the model and release its memory; the reply says what was freed.
-    Unload(oneshot::Sender<Unloaded>),
-}
-
-/// What `/v1/system` and every job report as the model.
-pub fn model_description(model: Option<&std::path::Path>) -> String {
-    match model {
-        Some(p) => p.display().to_string(),
-        None => "demo (built-in tiny model with random weights: its videos are noise)".into(),
-    }
+    /// Drop a family's model and release its memory; the reply says what was freed.
+    Unload(FamilyId, oneshot::Sender<Unloaded>),
 }
 
 /// Starts the worker thread; it ends when every sender is dropped.
 pub fn spawn(cfg: WorkerConfig, queue_size: usize) -> Result<mpsc::Sender<Command>, ServerError> {
     let (tx, rx) = mpsc::channel(queue_size);
+    let name = format!("worker-{}", device_name(&cfg.device));
     std::thread::Builder::new()
-        .name("ltx-worker".into())
-        .spawn(move || run(cfg, rx))
+        .name(name)
+        .spawn(move || Worker::new(cfg).run(rx))
         .map_err(ServerError::Worker)?;
     Ok(tx)
 }
 
-/// The loaded model and the memory mode it was placed in.
-struct Loaded {
-    pipe: LtxI2vPipeline,
-    mem: MemoryOptions,
-}
-
-/// Attaches the upsampler for multi-scale jobs if the pipeline has none yet (it is placed by
-/// the pipeline's memory mode, so a re-placed model loads it again).
-fn ensure_upsampler(cfg: &WorkerConfig, pipe: &mut LtxI2vPipeline) -> Result<(), ModelError> {
-    if pipe.has_upsampler() {
-        return Ok(());
-    }
-    match (&cfg.upsampler, &cfg.model) {
-        (Some(path), _) => pipe.load_upsampler(path),
-        (None, None) => ltx_pipelines::demo::attach_demo_upsampler(pipe),
-        (None, Some(_)) => Err(ModelError::UnsupportedConfig(
-            "the multi-scale flow needs a latent upsampler: set LTX_UPSAMPLER".into(),
-        )),
+/// "cpu" or "cuda:N".
+pub fn device_name(d: &ResolvedDevice) -> String {
+    match d {
+        ResolvedDevice::Cpu { .. } => "cpu".into(),
+        ResolvedDevice::Cuda(d) => format!("cuda:{}", d.index()),
     }
 }
 
-fn run(cfg: WorkerConfig, mut rx: mpsc::Receiver<Command>) {
-    let mut pipeline: Option<Loaded> = None;
-    while let Some(command) = rx.blocking_recv() {
-        match command {
-            Command::Run(job) => {
-                let span = tracing::info_span!("job", id = %job.id);
-                let _enter = span.enter();
-                run_one(&cfg, &mut pipeline, &job);
-                if let Some(l) = &pipeline {
-                    report_placement(&cfg, &l.pipe);
-                }
-                release_cache(&cfg.device, "after the job");
-            }
-            Command::Unload(reply) => {
-                let was_loaded = pipeline.take().is_some();
-                let report = cfg.family.get();
-                let freed_weight_bytes = report.gpu_bytes + report.host_bytes;
-                cfg.family.update(|f| {
-                    f.state = FamilyState::Unloaded;
-                    f.gpu_bytes = 0;
-                    f.host_bytes = 0;
-                });
-                let released_cache_bytes = release_cache(&cfg.device, "after unloading");
-                tracing::info!(was_loaded, freed_weight_bytes, "unloaded LTX-Video");
-                let _ = reply.send(Unloaded {
-                    family: report.name,
-                    was_loaded,
-                    freed_weight_bytes,
-                    released_cache_bytes,
-                    state: FamilyState::Unloaded,
-                });
-            }
+pub(crate) struct Worker {
+    device: ResolvedDevice,
+    slots: Vec<Slot>,
+    host: HostBudget,
+    metrics: Arc<Metrics>,
+    retention: Retention,
+    jobs_run: u64,
+}
+
+/// Why a job did not finish.
+enum Failure {
+    Cancelled,
+    Failed(String),
+}
+
+impl From<ModelError> for Failure {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Cancelled => Self::Cancelled,
+            other => Self::Failed(other.to_string()),
         }
     }
-    tracing::info!("worker stopped");
+}
+
+/// The attention backend of one job (its family's, or its host plan's chunked attention);
+/// the previous one comes back when the job ends, however it ends.
+struct AttentionFor(ltx_models::attention::AttentionBackend);
+
+impl AttentionFor {
+    fn set(b: ltx_models::attention::AttentionBackend) -> Self {
+        let before = ltx_models::attention::backend();
+        ltx_models::attention::set_backend(b);
+        tracing::info!(attention = %b, "attention backend for this job");
+        Self(before)
+    }
+}
+
+impl Drop for AttentionFor {
+    fn drop(&mut self) {
+        ltx_models::attention::set_backend(self.0);
+    }
 }
 
 /// Empties torch's CUDA cache; returns (and logs) the bytes given back to the driver.
@@ -150,425 +147,456 @@ fn release_cache(device: &ResolvedDevice, when: &str) -> u64 {
     }
 }
 
-/// Runs one job to its final state, whatever happens inside.
-fn run_one(cfg: &WorkerConfig, pipeline: &mut Option<Loaded>, job: &Job) {
-    let mut timer = StageTimer::new(&cfg.metrics);
-    // A panic inside libtorch bindings fails this job, not the worker.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_job(cfg, pipeline, job, &mut timer)
-    }))
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
-        Err(Failure::Failed(format!("internal error: {what}")))
-    });
-    timer.finish(job);
-    if cfg.family.get().state == FamilyState::Loading {
-        // The load itself failed (or panicked): nothing stays loaded.
-        *pipeline = None;
-        cfg.family.update(|f| f.state = FamilyState::Unloaded);
-    }
-    let state = match outcome {
-        Ok(Some(())) => JobState::Done,
-        Ok(None) => return, // cancelled while queued: already final
-        Err(Failure::Cancelled) => JobState::Cancelled,
-        Err(Failure::Failed(_)) => JobState::Failed,
-    };
-    if let Err(Failure::Failed(e)) = &outcome {
-        tracing::warn!("failed: {e}");
-        let _ = std::fs::remove_file(retention::partial_path(&job.output));
-        job.update(|s| s.error = Some(e.clone()));
-    } else if state == JobState::Cancelled {
-        tracing::info!("cancelled");
-        let _ = std::fs::remove_file(retention::partial_path(&job.output));
-    }
-    job.update(|s| {
-        s.state = state;
-        s.stage = None;
-        s.run_seconds = s.queued_seconds.map(|q| job.seconds_since_created() - q);
-        if state == JobState::Done {
-            s.expires_at = Some(unix_now() + cfg.retention.max_age_s);
-        }
-    });
-    if state == JobState::Done {
-        if let Err(e) = retention::persist(job) {
-            tracing::warn!("cannot write the job record beside the video: {e}");
-        }
-        tracing::info!(path = %job.output.display(), "done");
-    }
-    cfg.metrics.job_finished(state);
-}
-
-/// The attention backend of one job (the host plan's chunked attention); the configured one
-/// comes back when the job ends, however it ends. Only the worker thread runs models.
-struct AttentionFor(ltx_models::attention::AttentionBackend);
-
-impl AttentionFor {
-    fn set(b: ltx_models::attention::AttentionBackend) -> Self {
-        let before = ltx_models::attention::backend();
-        ltx_models::attention::set_backend(b);
-        tracing::info!(attention = %b, "attention backend for this job");
-        Self(before)
-    }
-}
-
-impl Drop for AttentionFor {
-    fn drop(&mut self) {
-        ltx_models::attention::set_backend(self.0);
-    }
-}
-
-/// Why a job did not finish.
-enum Failure {
-    Cancelled,
-    Failed(String),
-}
-
-impl From<ModelError> for Failure {
-    fn from(e: ModelError) -> Self {
-        match e {
-            ModelError::Cancelled => Self::Cancelled,
-            other => Self::Failed(other.to_string()),
-        }
-    }
-}
-
-/// Times the stages of one job: into the job's `timings` and the stage histogram.
-struct StageTimer<'a> {
-    metrics: &'a Metrics,
-    current: Option<(Stage, Instant)>,
-}
-
-impl<'a> StageTimer<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
-        Self {
-            metrics,
-            current: None,
-        }
-    }
-
-    /// Ends the current stage (if another) and starts `stage`.
-    fn enter(&mut self, job: &Job, stage: Stage) {
-        if self.current.is_some_and(|(s, _)| s == stage) {
-            return;
-        }
-        self.finish(job);
-        self.current = Some((stage, Instant::now()));
-        job.update(|s| s.stage = Some(stage));
-    }
-
-    fn finish(&mut self, job: &Job) {
-        if let Some((stage, t0)) = self.current.take() {
-            let secs = t0.elapsed().as_secs_f64();
-            self.metrics.stage_seconds(stage, secs);
-            job.update(|s| *s.timings.entry(stage).or_default() += secs);
-        }
-    }
-}
-
-fn load(
-    cfg: &WorkerConfig,
-    mem: MemoryOptions,
-    max_sequence_length: usize,
-) -> Result<Loaded, ModelError> {
-    let device = cfg.device.tch_device();
-    let dtype = if device == tch::Device::Cpu {
-        Kind::Float
-    } else {
-        Kind::BFloat16
-    };
-    tracing::info!(model = %model_description(cfg.model.as_deref()), ?device, mode = %mem.mode, prefetch = mem.prefetch, "loading LTX-Video");
-    let t0 = Instant::now();
-    cfg.family.update(|f| f.state = FamilyState::Loading);
-    let loaded = LtxI2vPipeline::load_placed(device, dtype, mem, |opts| match &cfg.model {
-        Some(dir) => LtxI2vPipeline::load(dir, opts, max_sequence_length),
-        None => demo_pipeline(opts, max_sequence_length),
-    })?;
-    let secs = t0.elapsed().as_secs_f64();
-    cfg.family.update(|f| {
-        f.load_seconds = Some(secs);
-        f.loads += 1;
-    });
-    let mut loaded = loaded;
-    loaded.set_vae_tiling(cfg.tiling_on.then(|| cfg.tiling.clone()))?;
-    report_placement(cfg, &loaded);
-    tracing::info!(
-        weight_bytes = loaded.weight_bytes(),
-        seconds = secs,
-        "LTX-Video loaded"
-    );
-    Ok(Loaded { pipe: loaded, mem })
-}
-
 fn is_out_of_memory(e: &ModelError) -> bool {
     e.to_string().contains("out of memory")
 }
 
-/// GPU only: the mode this job should run in, given the budget and the loaded model's sizes;
-/// when even that would not fit and tiling is off, tiling is turned on for the job (the
-/// returned flag).
-fn decide(
-    cfg: &WorkerConfig,
-    pipe: &mut LtxI2vPipeline,
-    work: &WorkKind,
-    tiling_on: bool,
-) -> Result<Option<(budget::Decision, bool)>, ModelError> {
-    let workload = |pipe: &LtxI2vPipeline| match work {
-        WorkKind::I2v(p) => Ok(pipe.workload(p)),
-        WorkKind::Multiscale(r) => pipe.multiscale_workload(&r.params),
-    };
-    pipe.set_vae_tiling(tiling_on.then(|| cfg.tiling.clone()))?;
-    let ResolvedDevice::Cuda(d) = &cfg.device else {
-        return Ok(None);
-    };
-    let Ok((free, total)) = d.mem_info() else {
-        return Ok(None);
-    };
-    let reserved = d.memory_stats().map_or(0, |m| m.reserved_bytes);
-    let budget_bytes = cfg.budget.bytes(free as u64, total as u64, reserved);
-    let configured = (cfg.memory.mode, cfg.memory.prefetch);
-    let d = budget::choose(
-        &workload(pipe)?,
-        &pipe.component_sizes(),
-        configured,
-        budget_bytes,
-    );
-    if d.estimate_bytes <= budget_bytes || tiling_on {
-        return Ok(Some((d, false)));
-    }
-    pipe.set_vae_tiling(Some(cfg.tiling.clone()))?;
-    let tiled = budget::choose(
-        &workload(pipe)?,
-        &pipe.component_sizes(),
-        configured,
-        budget_bytes,
-    );
-    Ok(Some((tiled, true)))
+/// The family's report from where its weights are now.
+fn sync_report(slot: &Slot) {
+    let m = slot.family.memory();
+    slot.report.update(|f| match m {
+        None => {
+            f.state = FamilyState::Unloaded;
+            f.gpu_bytes = 0;
+            f.host_bytes = 0;
+        }
+        Some(m) => {
+            f.state = if m.mode.is_some() {
+                FamilyState::Offloaded
+            } else {
+                FamilyState::Resident
+            };
+            f.gpu_bytes = m.device_bytes;
+            f.host_bytes = m.host_bytes;
+        }
+    });
 }
 
-/// Where the loaded model's weights are now, into the family report.
-fn report_placement(cfg: &WorkerConfig, pipe: &LtxI2vPipeline) {
-    let m = pipe.memory_report();
-    cfg.family.update(|f| {
-        f.state = if m.mode.is_some() {
-            FamilyState::Offloaded
-        } else {
-            FamilyState::Resident
+/// Loads `slot`'s model in `mem` for `work`, timing it into the report.
+fn load(slot: &mut Slot, mem: MemoryOptions, work: &Work) -> Result<(), ModelError> {
+    slot.report.update(|f| f.state = FamilyState::Loading);
+    let t0 = Instant::now();
+    slot.family.load(mem, work)?;
+    let secs = t0.elapsed().as_secs_f64();
+    slot.report.update(|f| {
+        f.load_seconds = Some(secs);
+        f.loads += 1;
+    });
+    sync_report(slot);
+    tracing::info!(family = %slot.family.id(), seconds = secs, "loaded");
+    Ok(())
+}
+
+/// Joins two optional reasons with "; ".
+fn join(a: Option<String>, b: Option<&str>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b.map(str::to_string)),
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(cfg: WorkerConfig) -> Self {
+        Self {
+            device: cfg.device,
+            slots: cfg.families,
+            host: cfg.host,
+            metrics: cfg.metrics,
+            retention: cfg.retention,
+            jobs_run: 0,
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(command) = rx.blocking_recv() {
+            match command {
+                Command::Run(job) => self.run_job(&job),
+                Command::Unload(family, reply) => {
+                    let _ = reply.send(self.unload(family));
+                }
+            }
+        }
+        tracing::info!(device = %device_name(&self.device), "worker stopped");
+    }
+
+    fn slot_of(&self, family: FamilyId) -> Option<usize> {
+        self.slots.iter().position(|s| s.family.id() == family)
+    }
+
+    /// Runs one job, then cleans up.
+    pub(crate) fn run_job(&mut self, job: &Job) {
+        let span = tracing::info_span!("job", id = %job.id);
+        let _enter = span.enter();
+        self.run_one(job);
+        for slot in &self.slots {
+            if slot.family.memory().is_some() {
+                sync_report(slot);
+            }
+        }
+        release_cache(&self.device, "after the job");
+    }
+
+    /// Runs one job to its final state, whatever happens inside.
+    fn run_one(&mut self, job: &Job) {
+        let family = FamilyId::parse(&job.status().family).unwrap_or(FamilyId::Ltx);
+        let metrics = self.metrics.clone();
+        let mut ctx = JobCtx::new(job, family, &metrics);
+        // A panic inside libtorch bindings fails this job, not the worker.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_work(job, &mut ctx)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(Failure::Failed(format!("internal error: {what}")))
+        });
+        ctx.finish();
+        for slot in &mut self.slots {
+            if slot.report.get().state == FamilyState::Loading {
+                // The load itself failed (or panicked): nothing stays loaded.
+                slot.family.unload();
+                sync_report(slot);
+            }
+        }
+        let state = match outcome {
+            Ok(Some(())) => JobState::Done,
+            Ok(None) => return, // cancelled while queued: already final
+            Err(Failure::Cancelled) => JobState::Cancelled,
+            Err(Failure::Failed(_)) => JobState::Failed,
         };
-        f.gpu_bytes = m.device_bytes;
-        f.host_bytes = m.host_bytes;
-    });
-}
+        if let Err(Failure::Failed(e)) = &outcome {
+            tracing::warn!("failed: {e}");
+            let _ = std::fs::remove_file(retention::partial_path(&job.output));
+            job.update(|s| s.error = Some(e.clone()));
+        } else if state == JobState::Cancelled {
+            tracing::info!("cancelled");
+            let _ = std::fs::remove_file(retention::partial_path(&job.output));
+        }
+        job.update(|s| {
+            s.state = state;
+            s.stage = None;
+            s.run_seconds = s.queued_seconds.map(|q| job.seconds_since_created() - q);
+            if state == JobState::Done {
+                s.expires_at = Some(unix_now() + self.retention.max_age_s);
+            }
+        });
+        if state == JobState::Done {
+            if let Err(e) = retention::persist(job) {
+                tracing::warn!("cannot write the job record beside the result: {e}");
+            }
+            tracing::info!(path = %job.output.display(), "done");
+        }
+        self.metrics.job_finished(family, state);
+    }
 
-/// `Ok(None)`: the job had been cancelled while queued.
-fn run_job(
-    cfg: &WorkerConfig,
-    pipeline: &mut Option<Loaded>,
-    job: &Job,
-    timer: &mut StageTimer<'_>,
-) -> Result<Option<()>, Failure> {
-    let Some(work) = job.take_work() else {
-        return Ok(None);
-    };
-    let queued = job.seconds_since_created();
-    job.update(|s| {
-        s.state = JobState::Running;
-        s.queued_seconds = Some(queued);
-    });
-    if job.cancel_requested() {
-        return Err(Failure::Cancelled);
-    }
-    // The tokenizer's base length; the multi-scale flow re-pads its prompts to 256 tokens.
-    let msl = match &work.kind {
-        WorkKind::I2v(p) => p.max_sequence_length,
-        WorkKind::Multiscale(_) => 128,
-    };
-    if pipeline.is_none() {
-        timer.enter(job, Stage::Loading);
-        *pipeline = Some(load(cfg, cfg.memory, msl)?);
-    }
-    // The host plan made at submission: tiling and the attention backend for this job.
-    let _attention = work.plan.attention.map(AttentionFor::set);
-    let planned_tiling = cfg.tiling_on || work.plan.tiled;
-    // The residency manager (GPU): a job that would not fit runs in a more frugal mode, with
-    // tiled decoding if even that would not fit.
-    let mut job_tiling = planned_tiling;
-    if let Some(loaded) = pipeline.as_mut() {
-        // A multi-scale job's estimate counts the upsampler, so attach it first.
-        if matches!(work.kind, WorkKind::Multiscale(_)) && !loaded.pipe.has_upsampler() {
-            timer.enter(job, Stage::Loading);
-            ensure_upsampler(cfg, &mut loaded.pipe)?;
+    /// `Ok(None)`: the job had been cancelled while queued.
+    fn run_work(&mut self, job: &Job, ctx: &mut JobCtx<'_>) -> Result<Option<()>, Failure> {
+        let Some(work) = job.take_work() else {
+            return Ok(None);
+        };
+        let queued = job.seconds_since_created();
+        job.update(|s| {
+            s.state = JobState::Running;
+            s.queued_seconds = Some(queued);
+        });
+        if job.cancel_requested() {
+            return Err(Failure::Cancelled);
         }
-        if let Some((d, tiling)) = decide(cfg, &mut loaded.pipe, &work.kind, planned_tiling)? {
-            job_tiling |= tiling;
-            let want = MemoryOptions {
-                mode: d.mode,
-                prefetch: d.prefetch,
-            };
-            let mut reason = d.reason.clone();
-            if tiling {
-                let why = "the untiled decode would not fit: VAE tiling on for this job";
-                reason = Some(match reason {
-                    Some(r) => format!("{r}; {why}"),
-                    None => why.to_string(),
-                });
+        let i = self.slot_of(work.family()).ok_or_else(|| {
+            Failure::Failed(format!(
+                "the {} family has no worker on {}",
+                work.family(),
+                device_name(&self.device)
+            ))
+        })?;
+        self.jobs_run += 1;
+        self.slots[i].last_used = self.jobs_run;
+        // The family's attention backend, or the one the job's host plan chose.
+        let backend = work
+            .plan
+            .attention
+            .unwrap_or(self.slots[i].family.attention());
+        let _attention = AttentionFor::set(backend);
+        let mut tiled = self.slots[i].family.tiled(&work);
+        // The residency manager: room for the job, and its mode.
+        let (want, memory) = self.make_room(i, &work, &mut tiled)?;
+        if self.slots[i].family.placed() != Some(want) {
+            if self.slots[i].family.unload() {
+                sync_report(&self.slots[i]);
+                release_cache(&self.device, "before re-placing the model");
             }
-            if let Some(why) = &reason {
-                tracing::info!("residency: {why}");
-            }
-            if want != loaded.mem {
-                *pipeline = None;
-                release_cache(&cfg.device, "before re-placing the model");
-                timer.enter(job, Stage::Loading);
-                let mut l = load(cfg, want, msl)?;
-                l.pipe
-                    .set_vae_tiling((planned_tiling || tiling).then(|| cfg.tiling.clone()))?;
-                *pipeline = Some(l);
-            }
-            job.update(|s| {
-                s.memory = Some(JobMemory {
-                    mode: d.mode.to_string(),
-                    prefetch: d.prefetch,
-                    estimate_bytes: d.estimate_bytes,
-                    budget_bytes: d.budget_bytes,
-                    reason: reason.clone(),
-                    fallback: None,
-                })
-            });
+            ctx.stage(Stage::Loading);
+            load(&mut self.slots[i], want, &work)?;
         }
-    }
-    let on_cuda = matches!(cfg.device, ResolvedDevice::Cuda(_));
-    let start = pipeline
-        .as_ref()
-        .map(|l| (l.mem.mode, l.mem.prefetch))
-        .ok_or_else(|| Failure::Failed("the model is not loaded".into()))?;
-    // The out-of-memory ladder (GPU): after a CUDA out-of-memory everything the attempt held
-    // is freed, the model re-placed one rung down, and the job retried once.
-    let outcome = budget::run_with_ladder(
-        start,
-        |mode, prefetch, retry| -> Result<tch::Tensor, ModelError> {
-            if retry {
-                *pipeline = None;
-                release_cache(&cfg.device, "after running out of memory");
-                timer.enter(job, Stage::Loading);
-                job.update(|s| s.step = 0);
-                let mut l = load(cfg, MemoryOptions { mode, prefetch }, msl)?;
-                l.pipe
-                    .set_vae_tiling(job_tiling.then(|| cfg.tiling.clone()))?;
-                *pipeline = Some(l);
-            }
-            let loaded = pipeline
-                .as_mut()
-                .ok_or_else(|| ModelError::Memory("the model is not loaded".into()))?;
-            let mut progress = |p: Progress| match p {
-                Progress::EncodingText => timer.enter(job, Stage::EncodingText),
-                Progress::EncodingImage => timer.enter(job, Stage::EncodingImage),
-                Progress::Denoising { step, total } => {
-                    timer.enter(job, Stage::Denoising);
-                    job.update(|s| {
-                        s.step = step;
-                        s.total_steps = total;
-                    });
+        if let Some(m) = memory {
+            job.update(|s| s.memory = Some(m));
+        }
+        let on_cuda = matches!(self.device, ResolvedDevice::Cuda(_));
+        let (slot, device) = (&mut self.slots[i], &self.device);
+        // The out-of-memory ladder (GPU): after a CUDA out-of-memory everything the attempt
+        // held is freed, the model re-placed one rung down, and the job retried once.
+        let outcome = budget::run_with_ladder(
+            (want.mode, want.prefetch),
+            |mode, prefetch, retry| -> Result<tch::Tensor, ModelError> {
+                if retry {
+                    slot.family.unload();
+                    sync_report(slot);
+                    release_cache(device, "after running out of memory");
+                    ctx.stage(Stage::Loading);
+                    job.update(|s| s.step = 0);
+                    load(slot, MemoryOptions { mode, prefetch }, &work)?;
                 }
-                Progress::Decoding => timer.enter(job, Stage::Decoding),
-            };
-            match &work.kind {
-                WorkKind::I2v(params) => {
-                    loaded
-                        .pipe
-                        .generate_u8(&work.image, params, &mut progress, &|| {
-                            job.cancel_requested()
-                        })
-                }
-                WorkKind::Multiscale(r) => {
-                    // A model re-placed for this job (mode change, out-of-memory retry)
-                    // loads its upsampler again.
-                    if !loaded.pipe.has_upsampler() {
-                        timer.enter(job, Stage::Loading);
-                        ensure_upsampler(cfg, &mut loaded.pipe)?;
+                slot.family.generate(&work, tiled, ctx)
+            },
+            |e| on_cuda && is_out_of_memory(e),
+        );
+        let result = match outcome {
+            Ok((result, None)) => result,
+            Ok((result, Some(note))) => {
+                let mem = slot.family.placed();
+                job.update(|s| {
+                    let m = s.memory.get_or_insert_with(JobMemory::default);
+                    if let Some(mem) = mem {
+                        m.mode = mem.mode.to_string();
+                        m.prefetch = mem.prefetch;
                     }
-                    let low = r.params.steps_lowres;
-                    let total = work.total_steps();
-                    let mut stage = |s: MultiscaleStage| {
-                        let step = match s {
-                            MultiscaleStage::LowRes { step, .. } => Some(step),
-                            MultiscaleStage::Refine { step, .. } => Some(low + step),
-                            MultiscaleStage::Upsampling => {
-                                timer.enter(job, Stage::Upsampling);
-                                None
-                            }
-                            MultiscaleStage::EncodingText => {
-                                timer.enter(job, Stage::EncodingText);
-                                None
-                            }
-                            MultiscaleStage::LowResPass | MultiscaleStage::RefinePass => {
-                                timer.enter(job, Stage::EncodingImage);
-                                None
-                            }
-                            MultiscaleStage::Decoding | MultiscaleStage::Resizing => {
-                                timer.enter(job, Stage::Decoding);
-                                None
-                            }
-                        };
-                        if let Some(step) = step {
-                            timer.enter(job, Stage::Denoising);
-                            job.update(|s| {
-                                s.step = step;
-                                s.total_steps = total;
-                            });
-                        }
-                    };
-                    loaded
-                        .pipe
-                        .generate_multiscale(&work.image, r, &mut stage, &|| job.cancel_requested())
+                    m.fallback = Some(note.clone());
+                });
+                result
+            }
+            Err(LadderError::Other(e)) => return Err(e.into()),
+            Err(LadderError::OutOfMemory {
+                mode,
+                prefetch,
+                retried,
+                error,
+            }) => {
+                return Err(Failure::Failed(format!(
+                    "CUDA out of memory in {mode} offload (prefetch {prefetch}){}: {error}. \
+                     Lower the resolution{}.",
+                    if retried {
+                        ", after one retry a rung down"
+                    } else {
+                        ", the most frugal mode"
+                    },
+                    if work.video().is_some() {
+                        " or the frame count"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+        };
+        let partial = retention::partial_path(&job.output);
+        slot.family
+            .write(result, &work, &partial, ctx)
+            .map_err(Failure::Failed)?;
+        std::fs::rename(&partial, &job.output)
+            .map_err(|e| Failure::Failed(format!("writing the result: {e}")))?;
+        Ok(Some(()))
+    }
+
+    /// The other families on this device, holding `bytes(report)` each.
+    fn holders(&self, i: usize, on_device: bool) -> Vec<Holder> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(_, s)| {
+                let m = s.family.memory()?;
+                Some(Holder {
+                    family: s.family.id(),
+                    device_bytes: if on_device {
+                        m.device_bytes
+                    } else {
+                        m.host_bytes
+                    },
+                    last_used: s.last_used,
+                    can_offload: s.family.can_offload(),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes room for `work` of family `i`: evicts what is in the way and returns the mode
+    /// to run in, with the job's `memory` record. On CUDA the mode may be more frugal than
+    /// configured, and tiling may be turned on (`tiled`) when even that would not fit.
+    fn make_room(
+        &mut self,
+        i: usize,
+        work: &Work,
+        tiled: &mut bool,
+    ) -> Result<(MemoryOptions, Option<JobMemory>), ModelError> {
+        let configured = self.slots[i].family.configured();
+        let id = self.slots[i].family.id();
+        let ResolvedDevice::Cuda(d) = &self.device else {
+            return self.make_room_on_host(i, work, *tiled);
+        };
+        let Ok((free, total)) = d.mem_info() else {
+            return Ok((configured, None));
+        };
+        let reserved = d.memory_stats().map_or(0, |m| m.reserved_bytes);
+        let family = &self.slots[i].family;
+        let budget_bytes = family
+            .vram_budget()
+            .bytes(free as u64, total as u64, reserved);
+        let others = self.holders(i, true);
+        let host_room = self
+            .host
+            .budget_bytes
+            .saturating_sub(resident_bytes().unwrap_or(0));
+        let rung = (configured.mode, configured.prefetch);
+        let plan_for = |tiled: bool| -> Result<residency::Plan, ModelError> {
+            let e = family.estimate(work, tiled)?;
+            Ok(residency::plan(
+                id,
+                &e.workload,
+                &e.sizes,
+                rung,
+                budget_bytes,
+                &others,
+                Some(host_room),
+            ))
+        };
+        let mut plan = plan_for(*tiled)?;
+        let mut tiling_note = None;
+        if !plan.fits() && !*tiled {
+            plan = plan_for(true)?;
+            *tiled = true;
+            tiling_note = Some("the untiled decode would not fit: VAE tiling on for this job");
+        }
+        let d = plan.decision;
+        let reason = join(d.reason, tiling_note);
+        if let Some(why) = &reason {
+            tracing::info!("residency: {why}");
+        }
+        let evicted = self.evict(&plan.evictions);
+        let want = MemoryOptions {
+            mode: d.mode,
+            prefetch: d.prefetch,
+        };
+        Ok((
+            want,
+            Some(JobMemory {
+                mode: d.mode.to_string(),
+                prefetch: d.prefetch,
+                estimate_bytes: d.estimate_bytes,
+                budget_bytes: d.budget_bytes,
+                held_by_others_bytes: plan.held_by_others,
+                reason,
+                fallback: None,
+                evicted,
+            }),
+        ))
+    }
+
+    /// The CPU device: its memory is the host's. The job's estimated peak and the other
+    /// families' weights must fit the host budget (beyond the process's start-up memory and
+    /// runtime); the least recently used family is unloaded when they do not.
+    fn make_room_on_host(
+        &mut self,
+        i: usize,
+        work: &Work,
+        tiled: bool,
+    ) -> Result<(MemoryOptions, Option<JobMemory>), ModelError> {
+        let family = &self.slots[i].family;
+        let configured = family.configured();
+        let others = self.holders(i, false);
+        if others.iter().all(|h| h.device_bytes == 0) {
+            return Ok((configured, None));
+        }
+        let e = family.estimate(work, tiled)?;
+        let need = budget::estimate_host_peak(&e.workload, &e.sizes, HostPlacement::Cpu, 0);
+        let budget_bytes = self
+            .host
+            .budget_bytes
+            .saturating_sub(self.host.baseline_bytes + RUNTIME_BYTES);
+        let plan = residency::make_room(family.id(), need, budget_bytes, &others, None);
+        if plan.is_empty() {
+            return Ok((configured, None));
+        }
+        let freed: u64 = plan.iter().map(|e| e.freed_bytes).sum();
+        let held = others.iter().map(|h| h.device_bytes).sum::<u64>() - freed;
+        let evicted = self.evict(&plan);
+        Ok((
+            configured,
+            Some(JobMemory {
+                mode: ltx_pipelines::OffloadMode::None.to_string(),
+                prefetch: configured.prefetch,
+                estimate_bytes: need,
+                budget_bytes: budget_bytes.saturating_sub(held),
+                held_by_others_bytes: held,
+                reason: None,
+                fallback: None,
+                evicted,
+            }),
+        ))
+    }
+
+    /// Carries out the evictions; an offload that fails becomes an unload.
+    fn evict(&mut self, plan: &[Eviction]) -> Vec<Eviction> {
+        let mut done = Vec::with_capacity(plan.len());
+        for e in plan {
+            let Some(j) = self.slot_of(e.family) else {
+                continue;
+            };
+            let slot = &mut self.slots[j];
+            let mut e = e.clone();
+            if e.action == EvictAction::Offloaded {
+                if let Err(err) = slot.family.offload_to_host() {
+                    tracing::warn!(family = %e.family, "offloading to the host failed: {err}");
+                    e.action = EvictAction::Unloaded;
+                    e.reason = format!("{}; offloading failed ({err}): unloaded", e.reason);
                 }
             }
-        },
-        |e| on_cuda && is_out_of_memory(e),
-    );
-    let frames = match outcome {
-        Ok((frames, None)) => frames,
-        Ok((frames, Some(note))) => {
-            let mem = pipeline.as_ref().map(|l| l.mem);
-            job.update(|s| {
-                let m = s.memory.get_or_insert_with(JobMemory::default);
-                if let Some(mem) = mem {
-                    m.mode = mem.mode.to_string();
-                    m.prefetch = mem.prefetch;
-                }
-                m.fallback = Some(note.clone());
-            });
-            frames
+            if e.action == EvictAction::Unloaded {
+                slot.family.unload();
+            }
+            sync_report(slot);
+            let released = release_cache(&self.device, "after evicting a family");
+            tracing::info!(
+                family = %e.family,
+                action = ?e.action,
+                freed_bytes = e.freed_bytes,
+                released_cache_bytes = released,
+                "residency: {}",
+                e.reason
+            );
+            done.push(e);
         }
-        Err(LadderError::Other(e)) => return Err(e.into()),
-        Err(LadderError::OutOfMemory {
-            mode,
-            prefetch,
-            retried,
-            error,
-        }) => {
-            return Err(Failure::Failed(format!(
-                "CUDA out of memory in {mode} offload (prefetch {prefetch}){}: {error}. Lower \
-                 the resolution or the frame count.",
-                if retried {
-                    ", after one retry a rung down"
-                } else {
-                    ", the most frugal mode"
-                }
-            )))
+        done
+    }
+
+    fn unload(&mut self, family: FamilyId) -> Unloaded {
+        let Some(i) = self.slot_of(family) else {
+            return Unloaded {
+                family: family.as_str(),
+                was_loaded: false,
+                freed_weight_bytes: 0,
+                released_cache_bytes: 0,
+                state: FamilyState::Unloaded,
+            };
+        };
+        let slot = &mut self.slots[i];
+        let report = slot.report.get();
+        let was_loaded = slot.family.unload();
+        let freed_weight_bytes = if was_loaded {
+            report.gpu_bytes + report.host_bytes
+        } else {
+            0
+        };
+        sync_report(slot);
+        let released_cache_bytes = release_cache(&self.device, "after unloading");
+        tracing::info!(%family, was_loaded, freed_weight_bytes, "unloaded");
+        Unloaded {
+            family: family.as_str(),
+            was_loaded,
+            freed_weight_bytes,
+            released_cache_bytes,
+            state: FamilyState::Unloaded,
         }
-    };
-    timer.enter(job, Stage::WritingVideo);
-    let frames = frames
-        .f_to_device(tch::Device::Cpu)
-        .map_err(ModelError::from)?;
-    let partial = retention::partial_path(&job.output);
-    write_mp4(&frames, work.fps, &partial)
-        .map_err(|e| Failure::Failed(format!("writing the video: {e}")))?;
-    std::fs::rename(&partial, &job.output)
-        .map_err(|e| Failure::Failed(format!("writing the video: {e}")))?;
-    Ok(Some(()))
+    }
 }
