@@ -22,9 +22,11 @@ Face stage, per case, exactly as InstantX's infer.py / gradio demo do it:
 - without a pose image the keypoint image is `draw_kps` (tools/face-fixtures/draw_kps.py) of that
   face's keypoints at the photo's size; with one, of `app.get(pose)[-1]`'s keypoints at the pose
   image's size (the demo's pose branch);
-- reference faces: each photo's largest face; the embedding conditioned on is the float32 mean
-  of the face photo's and the references' embeddings (InstantX takes one face; averaging
-  several is what ComfyUI_InstantID does and what ltx-i2v's `reference_images` do).
+- reference faces: each photo's largest face; the embedding conditioned on is the mean of the
+  face photo's and the references' embeddings, summed in float64 and rounded to float32
+  (InstantX takes one face; averaging several is what ComfyUI_InstantID does and what
+  ltx-i2v's `reference_images` do). The pose photo has exactly one face, so the demo's `[-1]`
+  and ltx-i2v's largest face are the same one.
 
 Generation: make_instantid_loop.py's `InstantIdReference` (diffusers 0.42.1's
 StableDiffusionXLControlNetPipeline with InstantID's face path) loaded from
@@ -116,6 +118,8 @@ def face_stage(out: Path) -> None:
         found = {case["face"]: dict(faces=len(faces), bbox=face["bbox"].tolist(), kps=face["kps"].tolist())}
         if case["pose"]:
             pose_rgb, pose_faces = photo(case["pose"])
+            # InstantX's demo takes pose_faces[-1], ltx-i2v the largest: one face makes them agree.
+            assert len(pose_faces) == 1, f"{case['pose']}: {len(pose_faces)} faces"
             pose = pose_faces[-1]
             kps = draw_kps(pose_rgb.shape[1], pose_rgb.shape[0], pose["kps"])
             found[case["pose"]] = dict(faces=len(pose_faces), kps=pose["kps"].tolist(), role="pose")
@@ -128,7 +132,7 @@ def face_stage(out: Path) -> None:
             found[ref] = dict(faces=len(ref_faces), bbox=r["bbox"].tolist(), role="reference")
         stacked = np.stack(embeddings).astype(np.float32)
         np.save(out / f"{name}.embeddings.npy", stacked)
-        np.save(out / f"{name}.embedding.npy", stacked.mean(axis=0, dtype=np.float32))
+        np.save(out / f"{name}.embedding.npy", stacked.astype(np.float64).mean(axis=0).astype(np.float32))
         np.save(out / f"{name}.kps.npy", np.ascontiguousarray(kps))
         info["cases"][name] = found
     (out / "face.json").write_text(json.dumps(info))
