@@ -13,7 +13,7 @@ use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::instantid::{analyze_faces, FaceConditioning};
 use tokio::sync::Mutex;
 
-use crate::ApiError;
+use crate::{ApiError, InstantIdConfig};
 
 /// Where the face networks come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,24 @@ impl FaceService {
             settings,
             analysis: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// From the `INSTANTID_*` settings: `INSTANTID_FACE_MODELS` when set; else the demo
+    /// family's graphs when the demo family is served (no `INSTANTID_MODEL`); else missing.
+    pub fn from_config(c: &InstantIdConfig) -> Result<Self, String> {
+        let models = match (&c.instantid_face_models, &c.instantid_model) {
+            (Some(dir), _) => FaceModels::Folder(dir.clone()),
+            (None, None) => FaceModels::Demo,
+            (None, Some(_)) => FaceModels::Missing {
+                reason: "INSTANTID_MODEL is set and INSTANTID_FACE_MODELS is not: set it to \
+                         the antelopev2 folder (scrfd_10g_bnkps.onnx, glintr100.onnx)"
+                    .into(),
+            },
+        };
+        Ok(Self::new(FaceSettings {
+            models,
+            options: c.face_options()?,
+        }))
     }
 
     pub fn settings(&self) -> &FaceSettings {

@@ -192,3 +192,42 @@ async fn the_demo_graphs_find_one_face_in_any_image() {
     assert_eq!(a.conditioning.faces_found, 1);
     assert_eq!(a.conditioning.embedding.len(), 512);
 }
+
+#[test]
+fn settings_come_from_the_instantid_config() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        c: InstantIdConfig,
+    }
+    let parse = |args: &[&str]| {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        P::try_parse_from(all).unwrap().c
+    };
+    let s = FaceService::from_config(&parse(&[])).unwrap();
+    assert_eq!(s.settings().models, FaceModels::Demo);
+    let dir = fixtures().join("antelopev2");
+    let c = parse(&[
+        "--instantid-face-models",
+        dir.to_str().unwrap(),
+        "--instantid-face-det-size",
+        "320",
+        "--instantid-face-det-thresh",
+        "0.3",
+        "--instantid-face-threads",
+        "1",
+    ]);
+    let s = FaceService::from_config(&c).unwrap();
+    assert_eq!(s.settings().models, FaceModels::Folder(dir));
+    let o = s.settings().options;
+    assert_eq!((o.det_size, o.det_thresh, o.session.threads), (320, 0.3, 1));
+    let c = parse(&["--instantid-model", "/some/sdxl"]);
+    assert!(matches!(
+        FaceService::from_config(&c).unwrap().settings().models,
+        FaceModels::Missing { .. }
+    ));
+    let c = parse(&["--instantid-face-device", "tpu"]);
+    assert!(FaceService::from_config(&c).is_err());
+}
