@@ -249,6 +249,28 @@ fn metrics_system_and_unload_follow_the_model() {
     );
     assert_eq!(ltx["offload"]["effective"], "none");
     assert!(ltx["offload"]["note"].as_str().unwrap().contains("no-op"));
+    let iid = &before["models"][1];
+    assert_eq!(iid["name"], "instantid");
+    assert_eq!(iid["state"], "unloaded");
+    assert_eq!(iid["device"], "cpu");
+    assert_eq!(
+        iid["offload"]["requested"], "model",
+        "INSTANTID_ENABLE_CPU_OFFLOAD defaults to true"
+    );
+    assert!(iid["model"].as_str().unwrap().contains("demo"));
+    // Both families on the CPU: one worker runs them in turn.
+    assert_eq!(before["workers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        before["workers"][0]["families"],
+        serde_json::json!(["ltx", "instantid"])
+    );
+    let face = &before["face_runtime"];
+    assert_eq!(face["device"], "cpu");
+    assert_eq!(face["provider"], "CPUExecutionProvider", "{face}");
+    assert!(
+        face["version"].as_str().unwrap().starts_with("1."),
+        "{face}"
+    );
 
     run_job(a);
     let after = system(a);
@@ -318,8 +340,14 @@ fn metrics_system_and_unload_follow_the_model() {
     assert_eq!(system(a)["models"][0]["loads"], 2);
 
     let r = request(a, "POST", "/v1/models/instantid/unload", None, b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["was_loaded"], false);
+    let r = request(a, "POST", "/v1/models/sdxl/unload", None, b"");
     assert_eq!(r.status, 404);
-    assert!(r.json()["message"].as_str().unwrap().contains("known: ltx"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("known: ltx, instantid"));
 }
 
 #[test]

@@ -13,6 +13,13 @@ use ltx_pipelines::tiled_decode::TileConfig;
 
 use crate::host_memory::{gb, HostBudget, RUNTIME_BYTES};
 use crate::jobs::{HostMemory, Work, WorkKind};
+
+/// An LTX-Video job, as the planner sees it.
+#[derive(Clone, Copy)]
+enum Flow<'a> {
+    I2v(&'a ltx_pipelines::I2vParams),
+    Multiscale(&'a ltx_pipelines::multiscale::MultiscaleRequest),
+}
 use crate::model_facts::ModelFacts;
 use crate::ApiError;
 
@@ -46,26 +53,28 @@ impl Planner {
     /// The model's rules for `work`, then its memory plan (stored in `work`).
     /// Jobs of other families pass through (their own rules applied when they were validated).
     pub fn admit(&self, work: &mut Work, upsampler: bool) -> Result<(), ApiError> {
-        let Some(video) = work.video() else {
-            return Ok(());
+        let (video, flow) = match &work.kind {
+            WorkKind::I2v(v, p) => (v, Flow::I2v(p)),
+            WorkKind::Multiscale(v, r) => (v, Flow::Multiscale(r)),
+            WorkKind::InstantId(_) => return Ok(()),
         };
         let image = (video.image.width * video.image.height * 3) as u64;
-        self.model_rules(&work.kind, upsampler)?;
-        let (plan, host) = self.plan(&work.kind, image)?;
+        self.model_rules(flow, upsampler)?;
+        let (plan, host) = self.plan(flow, image)?;
         work.plan = plan;
         work.host_memory = Some(host);
         Ok(())
     }
 
     /// Rules that depend on the configured model, as the worker's pipeline would apply them.
-    fn model_rules(&self, kind: &WorkKind, upsampler: bool) -> Result<(), ApiError> {
+    fn model_rules(&self, kind: Flow<'_>, upsampler: bool) -> Result<(), ApiError> {
         let f = &self.facts;
         match kind {
-            WorkKind::I2v(_, p) => {
+            Flow::I2v(p) => {
                 FlowMatchSchedule::ltx(&f.scheduler, p.steps, self.tokens(kind) as usize)
                     .map_err(|e| invalid("steps", e))?;
             }
-            WorkKind::Multiscale(_, r) => {
+            Flow::Multiscale(r) => {
                 if !upsampler || f.upsampler.is_none() {
                     return Err(ApiError::Invalid {
                         field: "pipeline",
@@ -93,12 +102,12 @@ impl Planner {
     }
 
     /// Latent tokens of the job's largest transformer pass.
-    fn tokens(&self, kind: &WorkKind) -> u64 {
+    fn tokens(&self, kind: Flow<'_>) -> u64 {
         let v = &self.facts.vae;
         let (sr, tr) = (v.spatial_ratio(), v.temporal_ratio());
         let (frames, w, h) = match kind {
-            WorkKind::I2v(_, p) => (p.num_frames, p.width, p.height),
-            WorkKind::Multiscale(_, r) => match r.params.pass_sizes() {
+            Flow::I2v(p) => (p.num_frames, p.width, p.height),
+            Flow::Multiscale(r) => match r.params.pass_sizes() {
                 Ok((_, (w2, h2))) => (r.params.output_frames(), w2, h2),
                 Err(_) => (r.params.output_frames(), 0, 0),
             },
@@ -109,7 +118,7 @@ impl Planner {
     /// The job's estimated peak resident memory with or without tiling and with `attention`.
     fn estimate(
         &self,
-        kind: &WorkKind,
+        kind: Flow<'_>,
         image: u64,
         tiled: bool,
         attention: AttentionBackend,
@@ -117,12 +126,12 @@ impl Planner {
         let f = &self.facts;
         let tiling = tiled.then_some(&self.tiling);
         let (mut w, cfg, video): (Workload, bool, u64) = match kind {
-            WorkKind::I2v(_, p) => (
+            Flow::I2v(p) => (
                 ltx_pipelines::ltx_i2v::i2v_workload(&f.transformer, &f.vae, f.dtype, tiling, p),
                 p.guidance_scale > 1.0,
                 (p.num_frames * p.height * p.width * 3) as u64,
             ),
-            WorkKind::Multiscale(_, r) => {
+            Flow::Multiscale(r) => {
                 let mid = f.upsampler.as_ref().map_or(0, |u| u.mid_channels);
                 let w = ltx_pipelines::multiscale::multiscale_workload(
                     &f.transformer,
@@ -154,7 +163,7 @@ impl Planner {
     /// The configured settings if the job fits the budget, else the first of tiled decoding,
     /// then tiled decoding with chunked attention, that does; else a 422 naming the most
     /// frugal estimate and the budget.
-    fn plan(&self, kind: &WorkKind, image: u64) -> Result<(JobPlan, HostMemory), ApiError> {
+    fn plan(&self, kind: Flow<'_>, image: u64) -> Result<(JobPlan, HostMemory), ApiError> {
         let budget = self.host.budget_bytes;
         let configured = (self.tiling_on, self.attention);
         let mut tries = vec![configured, (true, self.attention)];

@@ -20,8 +20,8 @@ pub struct InstantIdConfig {
     )]
     pub instantid_device: DeviceSpec,
 
-    /// The SDXL model: a diffusers folder (model_index.json) or a single .safetensors
-    /// checkpoint. Unset: the built-in demo family (tiny random SDXL, IdentityNet and
+    /// The SDXL model: a diffusers folder (model_index.json; SDXL base, RealVisXL and other
+    /// fine-tunes). Unset: the built-in demo family (tiny random SDXL, IdentityNet and
     /// Resampler: its portraits are noise).
     #[arg(long = "instantid-model", env = "INSTANTID_MODEL")]
     pub instantid_model: Option<PathBuf>,
@@ -184,12 +184,14 @@ impl InstantIdConfig {
                 if model.is_dir() && !model.join("model_index.json").is_file() {
                     return Err(missing(flag, env, model, "no model_index.json there"));
                 }
-                if model.is_file() && model.extension().is_none_or(|e| e != "safetensors") {
+                if model.is_file() {
                     return Err(missing(
                         flag,
                         env,
                         model,
-                        "expected an SDXL diffusers folder or a .safetensors checkpoint",
+                        "a single-file checkpoint: the InstantID loader takes an SDXL diffusers \
+                         folder (model_index.json, unet/, vae/, text_encoder/, …); point \
+                         INSTANTID_MODEL at one",
                     ));
                 }
                 if !model.exists() {
@@ -423,7 +425,10 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
         let err = parse(&["--instantid-model", i]).check().unwrap_err();
-        assert!(err.contains(".safetensors"), "{err}");
+        assert!(
+            err.contains("single-file") && err.contains("INSTANTID_MODEL"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

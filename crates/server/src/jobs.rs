@@ -184,12 +184,26 @@ pub struct VideoInput {
     pub fps: f64,
 }
 
+/// An InstantID job: the face conditioning analysed at submission and the settings.
+pub struct InstantIdWork {
+    pub face: ltx_pipelines::instantid::FaceConditioning,
+    pub params: ltx_pipelines::instantid::InstantIdParams,
+    /// Another scheduler class than the model's (one of the SDXL module's).
+    pub scheduler: Option<&'static str>,
+    /// Seconds the face analysis took at submission (the job's `face_analysis` stage).
+    pub face_seconds: f64,
+}
+
 /// What a job generates.
 pub enum WorkKind {
     /// `LTXImageToVideoPipeline`.
     I2v(VideoInput, I2vParams),
     /// The 0.9.7/0.9.8 multi-scale flow (`POST /i2v`).
     Multiscale(VideoInput, Box<MultiscaleRequest>),
+    /// InstantID (`POST /v1/instantid`, `POST /instantid`): a PNG portrait.
+    // Made by the InstantID routes (being added beside this file).
+    #[cfg_attr(not(test), allow(dead_code))]
+    InstantId(Box<InstantIdWork>),
 }
 
 /// A validated request, ready for the worker.
@@ -216,6 +230,7 @@ impl Work {
     pub fn family(&self) -> FamilyId {
         match &self.kind {
             WorkKind::I2v(..) | WorkKind::Multiscale(..) => FamilyId::Ltx,
+            WorkKind::InstantId(_) => FamilyId::InstantId,
         }
     }
 
@@ -223,6 +238,7 @@ impl Work {
     pub fn extension(&self) -> &'static str {
         match &self.kind {
             WorkKind::I2v(..) | WorkKind::Multiscale(..) => "mp4",
+            WorkKind::InstantId(_) => "png",
         }
     }
 
@@ -230,6 +246,7 @@ impl Work {
     pub fn video(&self) -> Option<&VideoInput> {
         match &self.kind {
             WorkKind::I2v(v, _) | WorkKind::Multiscale(v, _) => Some(v),
+            WorkKind::InstantId(_) => None,
         }
     }
 
@@ -237,6 +254,15 @@ impl Work {
         match &self.kind {
             WorkKind::I2v(_, p) => p.seed,
             WorkKind::Multiscale(_, r) => r.seed,
+            WorkKind::InstantId(w) => w.params.seed,
+        }
+    }
+
+    /// What the job's timings hold before it runs: the face analysis done at submission.
+    fn timings_at_submission(&self) -> std::collections::BTreeMap<Stage, f64> {
+        match &self.kind {
+            WorkKind::InstantId(w) => [(Stage::FaceAnalysis, w.face_seconds)].into(),
+            _ => Default::default(),
         }
     }
 
@@ -248,6 +274,7 @@ impl Work {
                 let p = &r.params;
                 p.steps_lowres + (p.steps_refine as f64 * p.denoise_strength) as usize
             }
+            WorkKind::InstantId(w) => w.params.steps,
         }
     }
 }
@@ -341,7 +368,7 @@ impl JobStore {
             created_at,
             queued_seconds: None,
             run_seconds: None,
-            timings: Default::default(),
+            timings: work.timings_at_submission(),
             family: work.family().as_str().to_string(),
             model,
             seed: work.seed(),

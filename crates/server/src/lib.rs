@@ -28,6 +28,8 @@ mod routes;
 mod service_i2v;
 mod system;
 mod worker;
+#[cfg(test)]
+mod worker_tests;
 
 pub use config::{Limits, ServeConfig};
 pub use config_instantid::InstantIdConfig;

@@ -101,6 +101,7 @@ impl AppState {
             placement,
         )
         .map_err(|e| ServerError::Config(format!("the configured model: {e}")))?;
+        let instantid = crate::families::instantid::served(&config.instantid)?;
         let host = HostBudget::at_start(
             &config
                 .ltx_host_budget
@@ -140,18 +141,21 @@ impl AppState {
             attention,
             facts,
         });
-        let served = vec![Served {
-            report: initial_report(
-                FamilyId::Ltx,
-                &ltx_device,
-                model_description(config.ltx_model.as_deref()),
-                attention,
-                config.ltx_offload(),
-            ),
-            family: Box::new(ltx),
-            configured: config.ltx_device,
-            device: ltx_device,
-        }];
+        let served = vec![
+            Served {
+                report: initial_report(
+                    FamilyId::Ltx,
+                    &ltx_device,
+                    model_description(config.ltx_model.as_deref()),
+                    attention,
+                    config.ltx_offload(),
+                ),
+                family: Box::new(ltx),
+                configured: config.ltx_device,
+                device: ltx_device,
+            },
+            instantid,
+        ];
         let workers = Workers::start(
             served,
             host,

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use ltx_gpu::device::ResolvedDevice;
 use ltx_models::ModelError;
-use ltx_pipelines::budget::{self, HostPlacement, LadderError};
-use ltx_pipelines::MemoryOptions;
+use ltx_pipelines::budget::{self, estimate_peak, HostPlacement, LadderError};
+use ltx_pipelines::{MemoryOptions, OffloadMode};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::families::{JobCtx, ModelFamily};
+use crate::families::{Estimate, JobCtx, ModelFamily};
 use crate::family::{Family, FamilyId, FamilyState, Unloaded};
 use crate::host_memory::{resident_bytes, HostBudget, RUNTIME_BYTES};
 use crate::jobs::{unix_now, Job, JobMemory, JobState, Stage, Work};
@@ -31,6 +31,9 @@ pub struct Slot {
     /// The worker's job counter when the family last ran a job (least recently used leaves
     /// the device first).
     last_used: u64,
+    /// The residency manager moved its resident weights to host memory: its next jobs run
+    /// from those pinned copies (model offload) rather than reload, while that fits.
+    kept_in_host: bool,
 }
 
 impl Slot {
@@ -39,6 +42,7 @@ impl Slot {
             family,
             report,
             last_used: 0,
+            kept_in_host: false,
         }
     }
 }
@@ -172,8 +176,15 @@ fn sync_report(slot: &Slot) {
     });
 }
 
+/// Drops `slot`'s model; whether one was loaded.
+fn unload_model(slot: &mut Slot) -> bool {
+    slot.kept_in_host = false;
+    slot.family.unload()
+}
+
 /// Loads `slot`'s model in `mem` for `work`, timing it into the report.
 fn load(slot: &mut Slot, mem: MemoryOptions, work: &Work) -> Result<(), ModelError> {
+    slot.kept_in_host = false;
     slot.report.update(|f| f.state = FamilyState::Loading);
     let t0 = Instant::now();
     slot.family.load(mem, work)?;
@@ -257,7 +268,7 @@ impl Worker {
         for slot in &mut self.slots {
             if slot.report.get().state == FamilyState::Loading {
                 // The load itself failed (or panicked): nothing stays loaded.
-                slot.family.unload();
+                unload_model(slot);
                 sync_report(slot);
             }
         }
@@ -324,7 +335,7 @@ impl Worker {
         // The residency manager: room for the job, and its mode.
         let (want, memory) = self.make_room(i, &work, &mut tiled)?;
         if self.slots[i].family.placed() != Some(want) {
-            if self.slots[i].family.unload() {
+            if unload_model(&mut self.slots[i]) {
                 sync_report(&self.slots[i]);
                 release_cache(&self.device, "before re-placing the model");
             }
@@ -342,7 +353,7 @@ impl Worker {
             (want.mode, want.prefetch),
             |mode, prefetch, retry| -> Result<tch::Tensor, ModelError> {
                 if retry {
-                    slot.family.unload();
+                    unload_model(slot);
                     sync_report(slot);
                     release_cache(device, "after running out of memory");
                     ctx.stage(Stage::Loading);
@@ -449,9 +460,9 @@ impl Worker {
             .budget_bytes
             .saturating_sub(resident_bytes().unwrap_or(0));
         let rung = (configured.mode, configured.prefetch);
-        let plan_for = |tiled: bool| -> Result<residency::Plan, ModelError> {
+        let plan_for = |tiled: bool| -> Result<(residency::Plan, Estimate), ModelError> {
             let e = family.estimate(work, tiled)?;
-            Ok(residency::plan(
+            let plan = residency::plan(
                 id,
                 &e.workload,
                 &e.sizes,
@@ -459,17 +470,35 @@ impl Worker {
                 budget_bytes,
                 &others,
                 Some(host_room),
-            ))
+            );
+            Ok((plan, e))
         };
-        let mut plan = plan_for(*tiled)?;
-        let mut tiling_note = None;
+        let (mut plan, mut e) = plan_for(*tiled)?;
+        let mut notes = Vec::new();
         if !plan.fits() && !*tiled {
-            plan = plan_for(true)?;
+            (plan, e) = plan_for(true)?;
             *tiled = true;
-            tiling_note = Some("the untiled decode would not fit: VAE tiling on for this job");
+            notes.push("the untiled decode would not fit: VAE tiling on for this job");
         }
-        let d = plan.decision;
-        let reason = join(d.reason, tiling_note);
+        let mut d = plan.decision;
+        // Weights the manager moved to the host stay there while model offload fits: the
+        // job runs from the pinned copies instead of reloading the model.
+        let kept = family.placed().filter(|p| {
+            self.slots[i].kept_in_host
+                && p.mode == OffloadMode::Model
+                && d.mode == OffloadMode::None
+                && estimate_peak(&e.workload, &e.sizes, p.mode, p.prefetch) <= d.budget_bytes
+        });
+        if let Some(p) = kept {
+            d.mode = p.mode;
+            d.prefetch = p.prefetch;
+            d.estimate_bytes = estimate_peak(&e.workload, &e.sizes, p.mode, p.prefetch);
+            notes.push(
+                "its weights were moved to host memory to make room earlier: model offload from \
+                 the pinned copies, no reload",
+            );
+        }
+        let reason = notes.into_iter().fold(d.reason, |r, n| join(r, Some(n)));
         if let Some(why) = &reason {
             tracing::info!("residency: {why}");
         }
@@ -546,14 +575,17 @@ impl Worker {
             let slot = &mut self.slots[j];
             let mut e = e.clone();
             if e.action == EvictAction::Offloaded {
-                if let Err(err) = slot.family.offload_to_host() {
-                    tracing::warn!(family = %e.family, "offloading to the host failed: {err}");
-                    e.action = EvictAction::Unloaded;
-                    e.reason = format!("{}; offloading failed ({err}): unloaded", e.reason);
+                match slot.family.offload_to_host() {
+                    Ok(()) => slot.kept_in_host = true,
+                    Err(err) => {
+                        tracing::warn!(family = %e.family, "offloading to the host failed: {err}");
+                        e.action = EvictAction::Unloaded;
+                        e.reason = format!("{}; offloading failed ({err}): unloaded", e.reason);
+                    }
                 }
             }
             if e.action == EvictAction::Unloaded {
-                slot.family.unload();
+                unload_model(slot);
             }
             sync_report(slot);
             let released = release_cache(&self.device, "after evicting a family");
@@ -582,7 +614,7 @@ impl Worker {
         };
         let slot = &mut self.slots[i];
         let report = slot.report.get();
-        let was_loaded = slot.family.unload();
+        let was_loaded = unload_model(slot);
         let freed_weight_bytes = if was_loaded {
             report.gpu_bytes + report.host_bytes
         } else {

@@ -127,8 +127,7 @@ impl ModelFamily for LtxFamily {
                     &r.params,
                 )?
             }
-            #[allow(unreachable_patterns)]
-            _ => return Err(not_ltx()),
+            WorkKind::InstantId(_) => return Err(not_ltx()),
         };
         Ok(Estimate { workload, sizes })
     }
@@ -203,8 +202,7 @@ impl ModelFamily for LtxFamily {
                 self.pipe()?
                     .generate_multiscale(&v.image, r, &mut stage, &cancelled)
             }
-            #[allow(unreachable_patterns)]
-            _ => Err(not_ltx()),
+            WorkKind::InstantId(_) => Err(not_ltx()),
         }
     }
 

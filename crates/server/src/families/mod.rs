@@ -4,6 +4,8 @@
 //! and the residency manager know families only through [`ModelFamily`]; a third family is a
 //! new module here.
 
+pub mod instantid;
+pub mod instantid_facts;
 pub mod ltx;
 
 use std::path::Path;
