@@ -240,10 +240,7 @@ impl InstantIdModels {
             c.height / ratio,
             c.width / ratio,
         ];
-        ltx_gpu::manual_seed(p.seed as i64);
-        let mut noise = |shape: &[i64], kind: Kind| -> Result<Tensor> {
-            Ok(Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(dev)?)
-        };
+        let mut noise = noise_source(p.seed, dev);
         let mut latents =
             noise(&shape, c.prompt.embeds.kind())?.f_mul_scalar(scheduler.init_noise_sigma())?;
         let unet_kind = self.unet.kind();
@@ -394,6 +391,17 @@ impl InstantIdModels {
                 self.finish_conditioning(prompt, face_embedding, keypoints, p, height, width)?;
             self.run_loop(&c, p, report, &mut |_| {})
         })
+    }
+}
+
+/// Every random draw of a generation (the initial latents, then the scheduler's per-step
+/// noise, in diffusers' order): torch's CPU generator seeded with `seed`, each draw made on the
+/// CPU and moved to `device`, as diffusers does with a CPU generator. The decode draws nothing.
+/// The one place a per-job generator replaces the global one.
+fn noise_source(seed: u64, device: Device) -> impl FnMut(&[i64], Kind) -> Result<Tensor> {
+    ltx_gpu::manual_seed(seed as i64);
+    move |shape: &[i64], kind: Kind| -> Result<Tensor> {
+        Ok(Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(device)?)
     }
 }
 
