@@ -56,6 +56,12 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
+    /// A photo in which the face detector found no face.
+    #[error("{field}: {message}")]
+    NoFace {
+        field: &'static str,
+        message: String,
+    },
     #[error(
         "insufficient host memory for this job: it needs about {} (estimated peak resident \
          memory of the server, with tiled decoding) and the host budget is {} \
@@ -105,6 +111,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
+            Self::NoFace { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "no_face"),
             Self::InsufficientMemory { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_memory")
             }
@@ -124,7 +131,7 @@ impl IntoResponse for ApiError {
             tracing::error!("{self}");
         }
         let field = match &self {
-            Self::Invalid { field, .. } => Some(*field),
+            Self::Invalid { field, .. } | Self::NoFace { field, .. } => Some(*field),
             _ => None,
         };
         let (estimate_bytes, budget_bytes) = match &self {

@@ -248,7 +248,7 @@ pub(crate) fn multiscale_work(
     ))
 }
 
-fn decode_base64(data: &str) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn decode_base64(data: &str) -> Result<Vec<u8>, ApiError> {
     let b64 = match data.strip_prefix("data:") {
         Some(rest) => rest.split_once(";base64,").map(|(_, b)| b).ok_or_else(|| {
             invalid(
