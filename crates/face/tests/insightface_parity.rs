@@ -192,13 +192,17 @@ fn aligned_crops_equal_insightface() {
     println!("norm_crop: max relative |M diff| {m_err:e}; with our M {with_ours} of {total} crop pixels differ, by at most {worst}");
     // skimage fits float32 landmarks in float32 (a float32 SVD); our closed form is double.
     // The matrices agree to float32 precision, which moves a 1/32-pixel sample step now and
-    // then: a few pixels differ by 1. insightface's own matrix gives every pixel (above).
+    // then: a few pixels differ, by 1 on smooth skin and by up to a few levels where the step
+    // crosses a strong edge. The keypoints feeding both come from ONNX Runtime, whose CPU
+    // kernels (AVX2 or AVX-512, by the machine) round differently in the last float32 bits,
+    // so which pixels flip depends on the CPU: on one EPYC machine 6 of 112,896 pixels
+    // differed, by at most 3. insightface's own matrix gives every pixel (above).
     assert!(
         m_err <= 1e-5,
         "similarity transform differs by {m_err} (relative)"
     );
     assert!(
-        with_ours * 1000 <= total && worst <= 1,
+        with_ours * 1000 <= total && worst <= 4,
         "{with_ours} crop pixels differ, by up to {worst}"
     );
 }
