@@ -407,6 +407,10 @@ impl AppState {
         match queue.try_send(Command::Run(job.clone())) {
             Ok(()) => {
                 self.metrics().job_accepted(family);
+                // Stages done at submission (InstantID's face analysis) count as the job's.
+                for (stage, secs) in job.status().timings {
+                    self.metrics().stage_seconds(family, stage, secs);
+                }
                 Ok(job)
             }
             Err(e) => {
