@@ -62,7 +62,8 @@ pub struct ConditionRequest {
 impl crate::LtxI2vPipeline {
     /// Runs `LTXConditionPipeline` with `conditions` (none: text to video) and returns uint8
     /// frames `[F, height, width, 3]` (F = `8·((num_frames − 1)/8) + 1`). The random draws
-    /// follow diffusers' order from `torch.manual_seed(r.seed)`.
+    /// follow diffusers' order from `torch.manual_seed(r.seed)`, from generators of the run's
+    /// own.
     pub fn generate_condition(
         &self,
         conditions: &[ConditionInput],
@@ -109,7 +110,7 @@ impl crate::LtxI2vPipeline {
                 kernels: self.kernels(),
                 ..ConditionModels::new(&self.transformer, &self.vae, &self.scheduler)
             };
-            ltx_gpu::manual_seed(r.seed as i64);
+            let mut rng = ltx_gpu::rng::Generators::new(r.seed)?;
             let frames = generate(
                 &m,
                 &prompt,
@@ -117,6 +118,7 @@ impl crate::LtxI2vPipeline {
                 &tensors,
                 None,
                 p,
+                &mut rng,
                 ConditionOutput::Frames,
                 &mut |s| match s {
                     ConditionStage::Denoising { step, total } => {
