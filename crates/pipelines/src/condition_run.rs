@@ -77,6 +77,7 @@ impl crate::LtxI2vPipeline {
             c.validate(p.num_frames)?;
         }
         let mut report = crate::reporter(progress, cancelled);
+        let _attention = self.attention_scope();
         let out = tch::no_grad(|| -> Result<Tensor> {
             let (dev, kind) = (self.opts.device, self.opts.dtype);
             let mut tensors = Vec::with_capacity(conditions.len());

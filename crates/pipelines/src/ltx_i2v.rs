@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ltx_gpu::rng::Generators;
+use ltx_models::attention::AttentionBackend;
 use ltx_models::config::read_config;
 use ltx_models::ltx::{
     single_file, LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig, TransformerInput,
@@ -246,6 +247,8 @@ pub struct LtxI2vPipeline {
     pub(crate) vae_tiling: Option<TileConfig>,
     /// The CUDA kernels' registry for tiled decoding, made on first use.
     registry: std::sync::OnceLock<Option<ltx_gpu::kernels::KernelRegistry>>,
+    /// The attention backend its generations run with (None: the calling thread's).
+    attention: Option<AttentionBackend>,
 }
 
 fn component<T>(
@@ -395,7 +398,27 @@ impl LtxI2vPipeline {
             upsampler: None,
             vae_tiling: None,
             registry: std::sync::OnceLock::new(),
+            attention: None,
         }
+    }
+
+    /// Runs every generation from now on with attention backend `b`, whichever thread calls
+    /// it (as if under [`ltx_models::attention::scoped`]); until set, a generation uses the
+    /// calling thread's backend.
+    pub fn set_attention(&mut self, b: AttentionBackend) {
+        self.attention = Some(b);
+    }
+
+    /// The backend a generation started now on this thread runs with.
+    pub fn attention(&self) -> AttentionBackend {
+        self.attention
+            .unwrap_or_else(ltx_models::attention::backend)
+    }
+
+    /// This pipeline's backend for the calling thread until the guard drops (nothing when it
+    /// has none of its own).
+    pub(crate) fn attention_scope(&self) -> Option<ltx_models::attention::Guard> {
+        self.attention.map(ltx_models::attention::scoped)
     }
 
     /// Decodes in tiles with `cfg` from now on (None: untiled). The settings are checked
@@ -632,6 +655,7 @@ impl LtxI2vPipeline {
     ) -> Result<Tensor> {
         p.validate()?;
         let mut report = crate::reporter(progress, cancelled);
+        let _attention = self.attention_scope();
         let out = tch::no_grad(|| self.run(image, p, &mut report, as_u8));
         // Whatever happened, no component stays on the device between generations.
         let idle = self.idle();

@@ -418,6 +418,7 @@ impl crate::LtxI2vPipeline {
             )
         })?;
         let mut report = crate::reporter(progress, cancelled);
+        let _attention = self.attention_scope();
         let out = tch::no_grad(|| -> Result<Tensor> {
             let image = if r.compress_condition {
                 crate::video::h264_round_trip(image)

@@ -28,7 +28,9 @@ use std::time::Duration;
 pub async fn serve(config: ServeConfig) -> Result<(), ServerError> {
     config.check()?;
     let backend = config.attention_backend().map_err(ServerError::Config)?;
-    ltx_models::attention::set_backend(backend);
+    // The default of every thread that chose none: the worker's jobs (AttentionFor overrides
+    // it on the worker thread for one job) and /v1/system's report.
+    ltx_models::attention::set_default(backend);
     tracing::info!(%backend, "attention backend");
     let state = AppState::new(&config)?;
     let addr: SocketAddr = (config.host, config.port).into();
