@@ -243,8 +243,8 @@ fn one(
         mode,
         prefetch: b.prefetch,
     };
-    ltx_gpu::manual_seed(0);
     // Host-resident weights drawn on the GPU (before the cap), then placed for the mode.
+    let rng = ltx_models::weights::shared_generator(gpu, 0)?;
     let host = LoadOptions {
         device: if mode == OffloadMode::None {
             gpu
@@ -253,17 +253,14 @@ fn one(
         },
         dtype: Kind::BFloat16,
     };
-    let mut pipe = random_pipeline(shapes, host, Some(gpu), 128)?;
+    let mut pipe = random_pipeline(shapes, host, rng.clone(), 128)?;
     if mode != OffloadMode::None {
         pipe.place(gpu, mem)?;
     }
     if with_upsampler {
         // The released upsampler's shape, drawn on the GPU too, placed as the mode places it.
-        let (up, params) = random_upsampler(
-            ltx_models::ltx::LtxUpsamplerConfig::default(),
-            host,
-            Some(gpu),
-        )?;
+        let (up, params) =
+            random_upsampler(ltx_models::ltx::LtxUpsamplerConfig::default(), host, rng)?;
         pipe.set_upsampler(up, params)?;
     }
     pipe.set_vae_tiling(Some(TileConfig::default()))?;

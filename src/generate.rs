@@ -223,7 +223,6 @@ pub(crate) fn load_pipeline(args: &GenerateArgs, max_len: usize) -> anyhow::Resu
         args.attention_slicing,
     )
     .map_err(anyhow::Error::msg)?;
-    ltx_models::attention::set_backend(backend);
     let tiling = if args.vae_tiling {
         use ltx_pipelines::tiled_decode::{TileConfig, TilingMode};
         let mode = match args.vae_tiling_mode.as_str() {
@@ -275,6 +274,8 @@ pub(crate) fn load_pipeline(args: &GenerateArgs, max_len: usize) -> anyhow::Resu
     })?;
     let mut pipe = pipe;
     pipe.set_vae_tiling(tiling)?;
+    // The pipeline's own backend: its generations run with it on whichever thread.
+    pipe.set_attention(backend);
     if pipe.source() == &ModelSource::Demo {
         eprintln!("note: the demo model has random weights: the video will be noise");
     }

@@ -533,9 +533,9 @@ fn tiled_decoding_with_the_kernel_equals_the_tch_accumulation_on_the_gpu() {
     };
     let (with_kernel, with_tch, untiled) = tch::no_grad(|| {
         (
-            decode_tiled(&vae, &z, Some(&t), &tiles, Some(&registry)).unwrap(),
-            decode_tiled(&vae, &z, Some(&t), &tiles, None).unwrap(),
-            vae.decode(&z, Some(&t)).unwrap(),
+            decode_tiled(&vae, &z, Some(&t), None, &tiles, Some(&registry)).unwrap(),
+            decode_tiled(&vae, &z, Some(&t), None, &tiles, None).unwrap(),
+            vae.decode(&z, Some(&t), None).unwrap(),
         )
     });
     sync(&d);

@@ -1,4 +1,4 @@
-//! The one attention function every model calls, with a process-wide choice of backend:
+//! The one attention function every model calls, with a choice of backend per thread:
 //!
 //! - `sdpa` (default): torch's `scaled_dot_product_attention` (its fastest backend);
 //! - `sliced`: memory linear in the sequence length — on CUDA the tensor-core kernel
@@ -8,7 +8,13 @@
 //!
 //! `LTX_ATTENTION=sdpa|sliced|math` selects it; the original service's attention-slicing switch
 //! (`LTX_ENABLE_ATTENTION_SLICING=true`) maps to `sliced`.
+//!
+//! The backend is the calling thread's: [`set_backend`] or a [`scoped`] guard choose it for
+//! one thread (a pipeline runs its generations under its own, so two model families on two
+//! worker threads, or one after the other on one, each keep theirs); a thread that never
+//! chose one uses the process-wide default of [`set_default`].
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,18 +75,66 @@ impl std::str::FromStr for AttentionBackend {
     }
 }
 
-static BACKEND: AtomicU8 = AtomicU8::new(0);
+/// The backend of threads that never chose one.
+static DEFAULT: AtomicU8 = AtomicU8::new(AttentionBackend::Sdpa as u8);
 
-/// Sets the backend for every attention call in this process.
-pub fn set_backend(b: AttentionBackend) {
-    BACKEND.store(b as u8, Ordering::Relaxed);
+thread_local! {
+    /// This thread's choice, if it made one.
+    static CURRENT: Cell<Option<AttentionBackend>> = const { Cell::new(None) };
 }
 
+impl AttentionBackend {
+    fn from_u8(n: u8) -> Self {
+        match n {
+            1 => Self::Sliced,
+            2 => Self::Math,
+            _ => Self::Sdpa,
+        }
+    }
+}
+
+/// Sets the process-wide default: the backend of every thread that has not chosen its own
+/// (`sdpa` until set).
+pub fn set_default(b: AttentionBackend) {
+    DEFAULT.store(b as u8, Ordering::Relaxed);
+}
+
+/// The process-wide default of [`set_default`].
+pub fn default_backend() -> AttentionBackend {
+    AttentionBackend::from_u8(DEFAULT.load(Ordering::Relaxed))
+}
+
+/// Sets the backend of this thread's attention calls (other threads keep theirs).
+pub fn set_backend(b: AttentionBackend) {
+    CURRENT.with(|c| c.set(Some(b)));
+}
+
+/// The backend this thread's attention calls use: its own choice, else the default.
 pub fn backend() -> AttentionBackend {
-    match BACKEND.load(Ordering::Relaxed) {
-        1 => AttentionBackend::Sliced,
-        2 => AttentionBackend::Math,
-        _ => AttentionBackend::Sdpa,
+    CURRENT.with(Cell::get).unwrap_or_else(default_backend)
+}
+
+/// Makes `b` this thread's backend until the guard drops, which restores the thread's previous
+/// choice (or none, then the default again), however the scope ends.
+#[must_use = "the backend reverts when the guard is dropped"]
+pub fn scoped(b: AttentionBackend) -> Guard {
+    let previous = CURRENT.with(|c| c.replace(Some(b)));
+    Guard {
+        previous,
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// Restores this thread's previous backend on drop (see [`scoped`]); it stays on the thread
+/// that made it.
+pub struct Guard {
+    previous: Option<AttentionBackend>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.previous));
     }
 }
 
@@ -156,29 +210,61 @@ mod tests {
     use super::*;
     use tch::Kind;
 
-    static BACKEND_LOCK: Mutex<()> = Mutex::new(());
-
     #[test]
     fn every_backend_gives_sdpas_result_on_the_cpu() {
-        let _g = BACKEND_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        tch::manual_seed(5);
-        let q = Tensor::randn([2, 4, 33, 16], (Kind::Float, Device::Cpu));
-        let k = Tensor::randn([2, 4, 12, 16], (Kind::Float, Device::Cpu));
-        let v = Tensor::randn([2, 4, 12, 16], (Kind::Float, Device::Cpu));
-        let mask = (Tensor::rand([2, 1, 1, 12], (Kind::Float, Device::Cpu))
-            .gt(0.5)
-            .to_kind(Kind::Float)
-            - 1.0)
-            * 10000.0;
-        set_backend(AttentionBackend::Sdpa);
-        let want = attention(&q, &k, &v, Some(&mask), None).unwrap();
+        let mut g = ltx_gpu::rng::Generator::new(Device::Cpu, 5).unwrap();
+        let mut randn = |s: &[i64]| g.randn(s, Kind::Float).unwrap();
+        let (q, k, v) = (
+            randn(&[2, 4, 33, 16]),
+            randn(&[2, 4, 12, 16]),
+            randn(&[2, 4, 12, 16]),
+        );
+        let mask = (randn(&[2, 1, 1, 12]).gt(0.0).to_kind(Kind::Float) - 1.0) * 10000.0;
+        let want = {
+            let _s = scoped(AttentionBackend::Sdpa);
+            attention(&q, &k, &v, Some(&mask), None).unwrap()
+        };
         for b in [AttentionBackend::Sliced, AttentionBackend::Math] {
-            set_backend(b);
+            let _s = scoped(b);
             let got = attention(&q, &k, &v, Some(&mask), None).unwrap();
             let err = (&got - &want).abs().max().double_value(&[]);
             assert!(err < 1e-5, "{b}: {err}");
         }
-        set_backend(AttentionBackend::Sdpa);
+    }
+
+    #[test]
+    fn the_backend_is_the_threads_and_guards_restore_it() {
+        use AttentionBackend::*;
+        // The process default stays as it is: other tests run meanwhile on threads that never
+        // chose a backend.
+        let default = default_backend();
+        assert_eq!(backend(), default, "a thread that never chose one");
+        {
+            let _outer = scoped(Math);
+            assert_eq!(backend(), Math);
+            {
+                let _inner = scoped(Sdpa);
+                assert_eq!(backend(), Sdpa);
+                // Another thread sees the default, and its choice stays its own.
+                std::thread::spawn(move || {
+                    assert_eq!(backend(), default);
+                    set_backend(Math);
+                    assert_eq!(backend(), Math);
+                })
+                .join()
+                .unwrap();
+                assert_eq!(backend(), Sdpa);
+            }
+            assert_eq!(backend(), Math);
+        }
+        assert_eq!(backend(), default, "back to no choice: the default");
+        set_backend(Math);
+        let r = std::panic::catch_unwind(|| {
+            let _g = scoped(Sdpa);
+            panic!("a failing generation");
+        });
+        assert!(r.is_err());
+        assert_eq!(backend(), Math, "restored when the scope unwinds");
     }
 
     #[test]

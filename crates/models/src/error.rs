@@ -54,3 +54,16 @@ pub enum ModelError {
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
+
+/// A random generator's failure (`ltx_gpu::rng`): torch errors stay torch errors, a bad draw
+/// request is bad input, and a device without generators (no usable CUDA) is a configuration
+/// this machine cannot run.
+impl From<ltx_gpu::GpuError> for ModelError {
+    fn from(e: ltx_gpu::GpuError) -> Self {
+        match e {
+            ltx_gpu::GpuError::Torch(t) => Self::Torch(t),
+            ltx_gpu::GpuError::InvalidArgument(m) => Self::InvalidInput(m),
+            other => Self::UnsupportedConfig(other.to_string()),
+        }
+    }
+}

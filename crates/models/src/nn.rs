@@ -90,15 +90,13 @@ impl Posterior {
         self.mean.shallow_clone()
     }
 
-    /// `mean + std · ε`, `ε` drawn on the CPU from torch's global generator in the posterior's
-    /// dtype, then moved to its device. After `manual_seed(s)` this equals diffusers'
-    /// `latent_dist.sample(generator=torch.Generator("cpu").manual_seed(s))` on any device:
-    /// `randn_tensor` draws on the CPU for a CPU generator (torch's default generator and a
-    /// fresh CPU generator with the same seed give the same numbers). A CUDA generator in
-    /// diffusers would draw different numbers.
-    pub fn sample(&self) -> Result<Tensor> {
-        let noise = Tensor::f_randn(self.mean.size(), (self.mean.kind(), tch::Device::Cpu))?
-            .f_to_device(self.mean.device())?;
+    /// `mean + std · ε`, `ε` drawn from `rng` (on its device) in the posterior's dtype, then
+    /// moved to the posterior's device. With a CPU generator seeded with `s` this equals
+    /// diffusers' `latent_dist.sample(generator=torch.Generator("cpu").manual_seed(s))` on any
+    /// device: `randn_tensor` draws on the CPU for a CPU generator. A CUDA generator draws
+    /// other numbers, in diffusers as here.
+    pub fn sample(&self, rng: &mut ltx_gpu::rng::Generator) -> Result<Tensor> {
+        let noise = rng.randn_to(&self.mean.size(), self.mean.kind(), self.mean.device())?;
         Ok(self.mean.f_add(&self.std()?.f_mul(&noise)?)?)
     }
 }

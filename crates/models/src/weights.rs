@@ -8,7 +8,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Display;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use ltx_gpu::rng::Generator;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
@@ -42,11 +44,20 @@ pub struct WeightStore {
     used: RefCell<HashSet<String>>,
     loaded_bytes: std::cell::Cell<u64>,
     handed_out: RefCell<Vec<(String, Tensor)>>,
-    /// Random stores: where the random numbers are drawn (then moved to `device`).
-    generate_on: Option<Device>,
+    /// Random stores: the generator the numbers come from (on its own device); None: torch's
+    /// process-wide generator of the drawing device.
+    rng: Option<SharedGenerator>,
     description: String,
     kind: Kind,
     device: Device,
+}
+
+/// One generator several random stores draw from in turn (see [`WeightStore::random_from`]).
+pub type SharedGenerator = Arc<Mutex<Generator>>;
+
+/// A [`SharedGenerator`] on `device` seeded with `seed`.
+pub fn shared_generator(device: Device, seed: u64) -> Result<SharedGenerator> {
+    Ok(Arc::new(Mutex::new(Generator::new(device, seed)?)))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
@@ -247,7 +258,7 @@ impl WeightStore {
             used: RefCell::default(),
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: RefCell::default(),
-            generate_on: None,
+            rng: None,
             description,
             kind,
             device,
@@ -288,7 +299,7 @@ impl WeightStore {
             used: RefCell::default(),
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: RefCell::default(),
-            generate_on: None,
+            rng: None,
             description: description.to_string(),
             kind,
             device,
@@ -296,7 +307,8 @@ impl WeightStore {
     }
 
     /// A store that makes every tensor a module asks for, at random from torch's global
-    /// generator (seed it first), scaled so activations stay in range: the `demo` model.
+    /// generator (seed it first), scaled so activations stay in range. For tests and benches
+    /// on one thread; a model a job runs comes from [`WeightStore::random_from`].
     pub fn random(kind: Kind, device: Device) -> Self {
         Self {
             random: true,
@@ -306,20 +318,34 @@ impl WeightStore {
             used: RefCell::default(),
             loaded_bytes: std::cell::Cell::new(0),
             handed_out: RefCell::default(),
-            generate_on: None,
+            rng: None,
             description: "random weights (demo model)".into(),
             kind,
             device,
         }
     }
 
-    /// Like [`WeightStore::random`], drawing the numbers on `generate_on` (e.g. a GPU, much
-    /// faster for billions of weights) and keeping the tensors on `device`.
-    pub fn random_generated_on(kind: Kind, device: Device, generate_on: Device) -> Self {
+    /// Like [`WeightStore::random`], the numbers drawn from `rng` (on its device: a GPU draws
+    /// billions of them quickly) and the tensors kept on `device`. Stores sharing one
+    /// generator draw one sequence, in the order their modules ask for tensors — the `demo`
+    /// models' weights, the same on every machine and untouched by any other thread's draws.
+    pub fn random_from(kind: Kind, device: Device, rng: SharedGenerator) -> Self {
         Self {
-            generate_on: Some(generate_on),
+            rng: Some(rng),
             ..Self::random(kind, device)
         }
+    }
+
+    /// [`WeightStore::random_from`] with a generator of its own on `generate_on` (default:
+    /// `device`), seeded with `seed`: random weights from a seed.
+    pub fn random_seeded(
+        kind: Kind,
+        device: Device,
+        seed: u64,
+        generate_on: Option<Device>,
+    ) -> Result<Self> {
+        let rng = shared_generator(generate_on.unwrap_or(device), seed)?;
+        Ok(Self::random_from(kind, device, rng))
     }
 
     /// A store whose tensors have the shapes and dtype the modules ask for but no memory (one
@@ -353,7 +379,11 @@ impl WeightStore {
         self.index.keys().map(String::as_str)
     }
 
-    fn random_tensor(name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+    fn random_tensor(&self, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        let device = match &self.rng {
+            Some(g) => g.lock().unwrap_or_else(|p| p.into_inner()).device(),
+            None => self.device,
+        };
         let leaf = name.rsplit('.').next().unwrap_or(name);
         let opts = (Kind::Float, device);
         let t = if leaf == "timestep_scale_multiplier" {
@@ -369,7 +399,14 @@ impl WeightStore {
             } else {
                 0.1
             };
-            Tensor::f_randn(shape, opts)? * std
+            let normal = match &self.rng {
+                Some(g) => g
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .randn(shape, Kind::Float)?,
+                None => Tensor::f_randn(shape, opts)?,
+            };
+            normal * std
         };
         Ok(t.f_to_kind(kind)?)
     }
@@ -400,12 +437,12 @@ impl WeightStore {
             return Ok(Tensor::f_zeros([], (kind, Device::Cpu))?.f_expand(expected, false)?);
         }
         // CUDA before the first tensor moves there (see ltx_gpu::cuda::ensure_for).
-        for d in [Some(self.device), self.generate_on].into_iter().flatten() {
-            ltx_gpu::cuda::ensure_for(d).map_err(|e| ModelError::Memory(e.to_string()))?;
-        }
+        // (A random store's generator loaded CUDA when it was made on a CUDA device.)
+        ltx_gpu::cuda::ensure_for(self.device).map_err(|e| ModelError::Memory(e.to_string()))?;
         if self.random {
-            let on = self.generate_on.unwrap_or(self.device);
-            return Ok(Self::random_tensor(name, expected, kind, on)?.f_to_device(self.device)?);
+            return Ok(self
+                .random_tensor(name, expected, kind)?
+                .f_to_device(self.device)?);
         }
         let entry = self
             .index

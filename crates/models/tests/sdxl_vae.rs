@@ -104,9 +104,10 @@ fn encode_matches_diffusers() {
         &r["posterior_std"],
         TOL,
     );
-    // The only test here that draws from torch's global generator.
-    tch::manual_seed(meta()["posterior_sample_seed"].as_i64().unwrap());
-    let sample = post.sample().unwrap();
+    // A CPU generator seeded as the fixture's torch.Generator("cpu").
+    let seed = meta()["posterior_sample_seed"].as_u64().unwrap();
+    let mut rng = ltx_gpu::rng::Generator::new(Device::Cpu, seed).unwrap();
+    let sample = post.sample(&mut rng).unwrap();
     compare("posterior sample", &sample, &r["posterior_sample"], TOL);
 }
 

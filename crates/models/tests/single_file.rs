@@ -41,7 +41,7 @@ fn single_file_vae_is_detected_as_0_9_0_and_matches_the_folder_reference() {
     tch::no_grad(|| {
         let post = vae.encode(&r["image"]).unwrap();
         assert!(common::max_abs_diff(&post.mean, &r["posterior_mean"]) <= 1e-4);
-        let out = vae.decode(&r["decode_latents"], None).unwrap();
+        let out = vae.decode(&r["decode_latents"], None, None).unwrap();
         assert!(common::max_abs_diff(&out, &r["decoded"]) <= 1e-4);
     });
 }

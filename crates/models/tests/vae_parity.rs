@@ -1,20 +1,21 @@
 //! The LTX VAE against diffusers, one tiny random model per layout (0.9.0, 0.9.1, 0.9.5):
 //! posterior mean/log-variance, a seeded posterior sample, and decoding (with the timestep
-//! and the decoder's global-RNG noise injection where the layout has them).
+//! and the decoder's noise injection where the layout has them), each draw from a CPU
+//! generator of its own seeded as the fixture's global generator was.
 
 mod common;
 
+use ltx_gpu::rng::Generator;
 use ltx_models::config::read_config;
 use ltx_models::ltx::{LtxVae, LtxVaeConfig};
 use ltx_models::weights::WeightStore;
 use tch::{Device, Kind, Tensor};
 
-/// The posterior sample and the decoder's noise come from torch's global generator, which
-/// tests running in parallel threads would otherwise share.
-static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+fn seeded(seed: &serde_json::Value) -> Generator {
+    Generator::new(Device::Cpu, seed.as_u64().unwrap()).unwrap()
+}
 
 fn check(variant: &str) {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let r = common::refs(&format!("vae_{variant}.safetensors"));
     let meta = common::json(&format!("vae_{variant}.json"));
     let dir = common::model_dir(variant).join("vae");
@@ -44,22 +45,37 @@ fn check(variant: &str) {
         let post = vae.encode(&r["image"]).unwrap();
         compare("posterior_mean", &post.mean);
         compare("posterior_logvar", &post.logvar);
-        tch::manual_seed(meta["posterior_sample_seed"].as_i64().unwrap());
-        compare("posterior_sample", &post.sample().unwrap());
+        let mut rng = seeded(&meta["posterior_sample_seed"]);
+        compare("posterior_sample", &post.sample(&mut rng).unwrap());
 
         if meta["timestep_conditioning"].as_bool().unwrap() {
-            tch::manual_seed(meta["decode_global_seed"].as_i64().unwrap());
+            let mut noise = seeded(&meta["decode_global_seed"]);
             let out = vae
-                .decode(&r["decode_latents"], Some(&r["decode_temb"]))
+                .decode(
+                    &r["decode_latents"],
+                    Some(&r["decode_temb"]),
+                    Some(&mut noise),
+                )
                 .unwrap();
             compare("decoded_temb", &out);
             let err = vae
-                .decode(&r["decode_latents"], None)
+                .decode(&r["decode_latents"], None, Some(&mut noise))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("needs a timestep"), "{err}");
+            if vae.config().injects_noise() {
+                let err = vae
+                    .decode(&r["decode_latents"], Some(&r["decode_temb"]), None)
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("needs a generator"), "{err}");
+            }
         } else {
-            compare("decoded", &vae.decode(&r["decode_latents"], None).unwrap());
+            assert!(!vae.config().injects_noise());
+            compare(
+                "decoded",
+                &vae.decode(&r["decode_latents"], None, None).unwrap(),
+            );
         }
     });
 }

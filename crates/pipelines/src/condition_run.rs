@@ -62,7 +62,8 @@ pub struct ConditionRequest {
 impl crate::LtxI2vPipeline {
     /// Runs `LTXConditionPipeline` with `conditions` (none: text to video) and returns uint8
     /// frames `[F, height, width, 3]` (F = `8·((num_frames − 1)/8) + 1`). The random draws
-    /// follow diffusers' order from `torch.manual_seed(r.seed)`.
+    /// follow diffusers' order from `torch.manual_seed(r.seed)`, from generators of the run's
+    /// own.
     pub fn generate_condition(
         &self,
         conditions: &[ConditionInput],
@@ -76,6 +77,7 @@ impl crate::LtxI2vPipeline {
             c.validate(p.num_frames)?;
         }
         let mut report = crate::reporter(progress, cancelled);
+        let _attention = self.attention_scope();
         let out = tch::no_grad(|| -> Result<Tensor> {
             let (dev, kind) = (self.opts.device, self.opts.dtype);
             let mut tensors = Vec::with_capacity(conditions.len());
@@ -109,7 +111,7 @@ impl crate::LtxI2vPipeline {
                 kernels: self.kernels(),
                 ..ConditionModels::new(&self.transformer, &self.vae, &self.scheduler)
             };
-            ltx_gpu::manual_seed(r.seed as i64);
+            let mut rng = ltx_gpu::rng::Generators::new(r.seed)?;
             let frames = generate(
                 &m,
                 &prompt,
@@ -117,6 +119,7 @@ impl crate::LtxI2vPipeline {
                 &tensors,
                 None,
                 p,
+                &mut rng,
                 ConditionOutput::Frames,
                 &mut |s| match s {
                     ConditionStage::Denoising { step, total } => {

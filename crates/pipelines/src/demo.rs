@@ -1,5 +1,6 @@
 //! The `demo` model: a tiny LTX-Video (T5, transformer, 0.9.1-style VAE) with random weights
-//! from a fixed seed and the small T5 tokenizer shipped in `assets/`, so `generate` and the
+//! from a fixed seed (a generator of its own, so building it on one thread never disturbs or
+//! depends on another thread's draws) and the small T5 tokenizer shipped in `assets/`, so `generate` and the
 //! server run on a fresh machine with nothing downloaded. Its videos are noise.
 
 use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig};
@@ -7,15 +8,14 @@ use ltx_models::scheduler::FlowMatchConfig;
 use ltx_models::t5::{T5Config, T5Encoder};
 use ltx_models::t5_tokenizer::T5Tokenizer;
 use ltx_models::text_encoder::TextEncoder;
-use ltx_models::weights::WeightStore;
+use ltx_models::weights::{shared_generator, SharedGenerator, WeightStore};
 use ltx_models::Result;
-use tch::Device;
 
 use crate::ltx_i2v::{Components, LoadOptions, LtxI2vPipeline, ModelSource};
 use crate::memory::ComponentParams;
 
 /// Seed of the demo model's weights: the same model on every machine.
-pub const DEMO_SEED: i64 = 0x17_1D_E0;
+pub const DEMO_SEED: u64 = 0x17_1D_E0;
 
 const SPIECE: &[u8] = include_bytes!("../assets/demo-spiece.model");
 
@@ -70,8 +70,8 @@ pub fn demo_scheduler() -> FlowMatchConfig {
 /// multi-scale flow and `POST /i2v` run without a download. Returns the model and its
 /// parameter handles (for [`crate::LtxI2vPipeline::set_upsampler`]).
 pub fn demo_upsampler(opts: LoadOptions) -> Result<Upsampler> {
-    ltx_gpu::manual_seed(DEMO_SEED + 1);
-    random_upsampler(demo_upsampler_config(), opts, None)
+    let rng = shared_generator(opts.device, DEMO_SEED + 1)?;
+    random_upsampler(demo_upsampler_config(), opts, rng)
 }
 
 /// The shape of [`demo_upsampler`].
@@ -93,17 +93,14 @@ pub fn attach_demo_upsampler(pipe: &mut LtxI2vPipeline) -> Result<()> {
     pipe.set_upsampler(up, params)
 }
 
-/// A latent upsampler of `cfg`'s shape with random weights from torch's global generator
-/// (drawn on `generate_on` when given), with its parameter handles.
+/// A latent upsampler of `cfg`'s shape with random weights from `rng` (drawn on its device,
+/// kept on `opts.device`), with its parameter handles.
 pub fn random_upsampler(
     cfg: ltx_models::ltx::LtxUpsamplerConfig,
     opts: LoadOptions,
-    generate_on: Option<Device>,
+    rng: SharedGenerator,
 ) -> Result<Upsampler> {
-    let store = match generate_on {
-        Some(g) => WeightStore::random_generated_on(opts.dtype, opts.device, g),
-        None => WeightStore::random(opts.dtype, opts.device),
-    };
+    let store = WeightStore::random_from(opts.dtype, opts.device, rng);
     let model = tch::no_grad(|| ltx_models::ltx::LtxLatentUpsampler::new(&store.root(), cfg))?;
     Ok((model, store.take_params()))
 }
@@ -116,8 +113,8 @@ pub type Upsampler = (
 
 /// Builds the demo pipeline (deterministic: the weights come from [`DEMO_SEED`]).
 pub fn demo_pipeline(opts: LoadOptions, max_sequence_length: usize) -> Result<LtxI2vPipeline> {
-    ltx_gpu::manual_seed(DEMO_SEED);
-    random_pipeline(&RandomShapes::demo(), opts, None, max_sequence_length)
+    let rng = shared_generator(opts.device, DEMO_SEED)?;
+    random_pipeline(&RandomShapes::demo(), opts, rng, max_sequence_length)
 }
 
 /// Component shapes of a random-weight pipeline.
@@ -161,20 +158,18 @@ impl RandomShapes {
     }
 }
 
-/// A pipeline of `shapes` with random weights from torch's global generator (seed it first),
-/// the demo tokenizer and the 0.9.1 scheduler, on `opts.device`; the numbers are drawn on
-/// `generate_on` when given (a GPU draws billions of them quickly).
+/// A pipeline of `shapes` with random weights from `rng`, the demo tokenizer and the demo
+/// scheduler, on `opts.device`; the numbers are drawn on `rng`'s device (a GPU draws billions
+/// of them quickly), component after component from the one sequence.
 pub fn random_pipeline(
     shapes: &RandomShapes,
     opts: LoadOptions,
-    generate_on: Option<Device>,
+    rng: SharedGenerator,
     max_sequence_length: usize,
 ) -> Result<LtxI2vPipeline> {
     // One store per component, so each component's parameters can be placed on their own.
-    let stores: [WeightStore; 3] = std::array::from_fn(|_| match generate_on {
-        Some(g) => WeightStore::random_generated_on(opts.dtype, opts.device, g),
-        None => WeightStore::random(opts.dtype, opts.device),
-    });
+    let stores: [WeightStore; 3] =
+        std::array::from_fn(|_| WeightStore::random_from(opts.dtype, opts.device, rng.clone()));
     let parts = tch::no_grad(|| -> Result<Components> {
         Ok(Components {
             tokenizer: T5Tokenizer::from_sentencepiece(SPIECE, 100, max_sequence_length)?,

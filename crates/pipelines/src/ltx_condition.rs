@@ -2,11 +2,13 @@
 //! pipeline of LTX-Video 0.9.5+ that the 0.9.7/0.9.8 multi-scale flow runs twice
 //! (`../shared/specs/ltx-condition.md` §2). Conditions are images or videos at any frame
 //! index with a strength: frame-0 conditions are blended into the latents, others become
-//! extra tokens with their own coordinates. The random draws come from torch's global CPU
-//! generator in diffusers' order (seed it first), so a seed gives diffusers' video.
+//! extra tokens with their own coordinates. The random draws come from the run's own CPU
+//! generator in diffusers' order, so a seed gives diffusers' video (its
+//! `generator=torch.manual_seed(seed)`), whatever other threads draw meanwhile.
 //!
 //! Batch 1 only, as diffusers (its `latent_sigma` and extra tokens break for more).
 
+use ltx_gpu::rng::Generators;
 use ltx_models::ltx::{LtxTransformer, LtxVae, TransformerInput};
 use ltx_models::scheduler::{ConditionSchedule, FlowMatchConfig};
 use ltx_models::{ModelError, Result};
@@ -196,8 +198,10 @@ pub enum ConditionOutput {
     Frames,
 }
 
-fn randn(shape: &[i64], dev: Device) -> Result<Tensor> {
-    Ok(Tensor::f_randn(shape, (Kind::Float, Device::Cpu))?.f_to_device(dev)?)
+/// Float32 standard normal numbers drawn on the CPU, then moved to `dev` (diffusers'
+/// `randn_tensor` with a CPU generator).
+fn randn(rng: &mut Generators, shape: &[i64], dev: Device) -> Result<Tensor> {
+    Ok(rng.cpu().randn_to(shape, Kind::Float, dev)?)
 }
 
 /// `[B, C, F, H, W]` → `[B, F·H·W, C]`.
@@ -238,8 +242,10 @@ fn trimmed_frames(frame_index: i64, frames: i64, num_frames: i64) -> i64 {
 
 /// Runs the pipeline. `latents` (normalised, `[1, C, F, h, w]`) with `denoise_strength < 1`
 /// start from those latents noised to the first kept sigma (the refine pass); with
-/// `denoise_strength = 1` they are ignored, as in diffusers. `progress` is called before each
-/// denoising step and before decoding; an error from it stops the run.
+/// `denoise_strength = 1` they are ignored, as in diffusers. Every random number comes from
+/// `rng` (its CPU generator; a noise-injecting decoder's from its device's), continuing its
+/// sequences. `progress` is called before each denoising step and before decoding; an error
+/// from it stops the run.
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     m: &ConditionModels<'_>,
@@ -248,6 +254,7 @@ pub fn generate(
     conditions: &[Condition],
     latents: Option<&Tensor>,
     p: &ConditionParams,
+    rng: &mut Generators,
     output: ConditionOutput,
     progress: &mut dyn FnMut(ConditionStage) -> Result<()>,
 ) -> Result<Tensor> {
@@ -317,7 +324,7 @@ pub fn generate(
 
     // prepare_latents: the noise first, always.
     let shape = [1, channels, f, h, w];
-    let noise = randn(&shape, dev)?;
+    let noise = randn(rng, &shape, dev)?;
     let lat = match (latents, schedule.latent_sigma) {
         (Some(given), Some(sigma)) => {
             if given.size() != shape {
@@ -343,7 +350,7 @@ pub fn generate(
     for (c, data) in conditions.iter().zip(&tensors) {
         let post = vae.encode(data)?;
         let sample = &post.mean
-            + post.std()? * randn(&post.mean.size(), dev)?.f_to_kind(post.mean.kind())?;
+            + post.std()? * randn(rng, &post.mean.size(), dev)?.f_to_kind(post.mean.kind())?;
         // diffusers normalises conditions with its default scaling factor, 1.0.
         let mut cl = ((sample - &mean) / &std).f_to_kind(Kind::Float)?;
         let (data_frames, nc) = (data.size()[2], cl.size()[2]);
@@ -373,7 +380,7 @@ pub fn generate(
                 cl = cl.f_narrow(2, 0, PREFIX_LATENT_FRAMES)?;
             }
         }
-        let nz = randn(&cl.size(), dev)?;
+        let nz = randn(rng, &cl.size(), dev)?;
         let cl = nz.f_lerp(&cl, s)?;
         let ids = scale_ids(&video_ids(cl.size()[2], h, w, dev)?, c.frame_index)?;
         let packed = pack(&cl)?;
@@ -423,7 +430,7 @@ pub fn generate(
         let t32 = Tensor::from_slice(&[t]).f_to_device(dev)?.f_squeeze()?;
         if let (Some(init), Some(tm)) = (&init, &token_mask) {
             if p.image_cond_noise_scale > 0.0 {
-                let nz = randn(&lat.size(), dev)?;
+                let nz = randn(rng, &lat.size(), dev)?;
                 let tt = (&t32 / 1000.0).f_square()?;
                 let noised = init + (nz * p.image_cond_noise_scale) * tt;
                 let hard = tm.f_gt(1.0 - 1e-6)?.f_unsqueeze(-1)?;
@@ -495,7 +502,7 @@ pub fn generate(
     let scaling = vae.config().scaling_factor;
     let mut z = (z * &std / scaling + &mean).f_to_kind(dtype)?;
     let temb = if vae.config().timestep_conditioning {
-        let nz = randn(&z.size(), dev)?.f_to_kind(z.kind())?;
+        let nz = randn(rng, &z.size(), dev)?.f_to_kind(z.kind())?;
         let dns = p.decode_noise_scale.unwrap_or(p.decode_timestep);
         let dns_t = Tensor::from_slice(&[dns as f32])
             .f_to_device(dev)?
@@ -509,9 +516,14 @@ pub fn generate(
     } else {
         None
     };
+    // diffusers decodes without a generator: a noise-injecting decoder would draw from the
+    // default generator of its device, which the seed seeded too.
+    let noise = crate::tiled_decode::noise_for(vae, rng, dev)?;
     let video = match m.vae_tiling {
-        Some(cfg) => crate::tiled_decode::decode_tiled(vae, &z, temb.as_ref(), cfg, m.kernels)?,
-        None => vae.decode(&z, temb.as_ref())?,
+        Some(cfg) => {
+            crate::tiled_decode::decode_tiled(vae, &z, temb.as_ref(), noise, cfg, m.kernels)?
+        }
+        None => vae.decode(&z, temb.as_ref(), noise)?,
     };
     let frames = (video.f_to_kind(Kind::Float)? * 0.5 + 0.5).f_clamp(0.0, 1.0)?;
     Ok(frames

@@ -3,14 +3,18 @@
 //! sampled into latent frame 0, per-token timesteps with t = 0 on frame 0, CFG with optional
 //! rescale, Euler steps on frames 1.., decode with the decoder's timestep and noise mix.
 //!
-//! Random draws follow diffusers' order from one seeded generator, on the CPU (as diffusers
-//! does with a CPU generator): posterior sample, latent noise, decode noise. The 0.9.1
-//! decoder's noise injection draws from the global generator, reseeded with
-//! `decoder_noise_seed` just before decoding.
+//! Random draws follow diffusers' order from the job's own CPU generator seeded with `seed`
+//! (as diffusers does with a CPU generator): posterior sample, latent noise, decode noise. The
+//! 0.9.1 decoder's noise injection draws from a generator on the decoder's device seeded with
+//! `decoder_noise_seed` (the reference reseeds torch's global one just before decoding).
+//! Nothing is drawn from torch's process-wide generators, so generations on two threads at
+//! once each draw what they would draw alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use ltx_gpu::rng::Generators;
+use ltx_models::attention::AttentionBackend;
 use ltx_models::config::read_config;
 use ltx_models::ltx::{
     single_file, LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig, TransformerInput,
@@ -98,7 +102,8 @@ pub struct I2vParams {
     pub guidance_scale: f64,
     pub guidance_rescale: f64,
     pub seed: u64,
-    /// Seed of the global generator the 0.9.1 decoder's noise injection draws from.
+    /// Seed of the generator (on the decoder's device) the 0.9.1 decoder's noise injection
+    /// draws from.
     pub decoder_noise_seed: u64,
     pub frame_rate: f64,
     pub decode_timestep: f64,
@@ -242,6 +247,8 @@ pub struct LtxI2vPipeline {
     pub(crate) vae_tiling: Option<TileConfig>,
     /// The CUDA kernels' registry for tiled decoding, made on first use.
     registry: std::sync::OnceLock<Option<ltx_gpu::kernels::KernelRegistry>>,
+    /// The attention backend its generations run with (None: the calling thread's).
+    attention: Option<AttentionBackend>,
 }
 
 fn component<T>(
@@ -391,7 +398,27 @@ impl LtxI2vPipeline {
             upsampler: None,
             vae_tiling: None,
             registry: std::sync::OnceLock::new(),
+            attention: None,
         }
+    }
+
+    /// Runs every generation from now on with attention backend `b`, whichever thread calls
+    /// it (as if under [`ltx_models::attention::scoped`]); until set, a generation uses the
+    /// calling thread's backend.
+    pub fn set_attention(&mut self, b: AttentionBackend) {
+        self.attention = Some(b);
+    }
+
+    /// The backend a generation started now on this thread runs with.
+    pub fn attention(&self) -> AttentionBackend {
+        self.attention
+            .unwrap_or_else(ltx_models::attention::backend)
+    }
+
+    /// This pipeline's backend for the calling thread until the guard drops (nothing when it
+    /// has none of its own).
+    pub(crate) fn attention_scope(&self) -> Option<ltx_models::attention::Guard> {
+        self.attention.map(ltx_models::attention::scoped)
     }
 
     /// Decodes in tiles with `cfg` from now on (None: untiled). The settings are checked
@@ -581,11 +608,6 @@ impl LtxI2vPipeline {
         ))
     }
 
-    /// `randn` drawn on the CPU from the global generator, then moved (diffusers' CPU generator).
-    fn randn(&self, shape: &[i64], kind: Kind) -> Result<Tensor> {
-        Ok(Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(self.opts.device)?)
-    }
-
     /// Generates `[F, H, W, 3]` float frames in [0, 1].
     pub fn generate(
         &self,
@@ -633,6 +655,7 @@ impl LtxI2vPipeline {
     ) -> Result<Tensor> {
         p.validate()?;
         let mut report = crate::reporter(progress, cancelled);
+        let _attention = self.attention_scope();
         let out = tch::no_grad(|| self.run(image, p, &mut report, as_u8));
         // Whatever happened, no component stays on the device between generations.
         let idle = self.idle();
@@ -660,21 +683,24 @@ impl LtxI2vPipeline {
 
         progress(Progress::EncodingImage)?;
         self.enter(Component::Vae)?;
-        ltx_gpu::manual_seed(p.seed as i64);
+        // The job's own generators, as `torch.manual_seed(seed)` would seed torch's: every
+        // draw on the CPU (diffusers' CPU generator), then moved.
+        let mut rng = Generators::new(p.seed)?;
         let posterior = self.vae.encode(
             &image
                 .to_pixels(p.width, p.height, self.opts.dtype, dev)?
                 .f_unsqueeze(2)?,
         )?;
-        let sample = &posterior.mean
-            + posterior.std()? * self.randn(&posterior.mean.size(), posterior.mean.kind())?;
+        let sample = posterior.sample(rng.cpu())?;
         // Copies, not views: a view would keep the VAE's device copy alive while it is offloaded.
         let (mean, std) = self.vae.latent_stats(dev)?;
         let init = ((sample.f_to_kind(Kind::Float)? - &mean) * vcfg.scaling_factor / &std)
             .f_repeat([1, 1, f, 1, 1])?;
         let mask = Tensor::f_zeros([1, 1, f, h, w], (Kind::Float, dev))?;
         let _ = mask.f_narrow(2, 0, 1)?.f_fill_(1.0)?;
-        let noise = self.randn(&[1, channels, f, h, w], Kind::Float)?;
+        let noise = rng
+            .cpu()
+            .randn_to(&[1, channels, f, h, w], Kind::Float, dev)?;
         let latents = &init * &mask + noise * (mask.f_neg()? + 1.0);
         let mut latents = Self::pack(&latents)?;
         let mut token_mask = Self::pack(&mask)?.f_squeeze_dim(-1)?;
@@ -733,7 +759,7 @@ impl LtxI2vPipeline {
         let z = Self::unpack(&latents, f, h, w)?;
         let mut z = (z * &std / vcfg.scaling_factor + &mean).f_to_kind(self.opts.dtype)?;
         let temb = if vcfg.timestep_conditioning {
-            let noise = self.randn(&z.size(), z.kind())?;
+            let noise = rng.cpu().randn_to(&z.size(), z.kind(), dev)?;
             let dns = p.decode_noise_scale.unwrap_or(p.decode_timestep) as f32;
             // (1 − dns) in float32, as diffusers computes it from a float32 tensor.
             z = &z * f64::from(1.0f32 - dns) + noise * f64::from(dns);
@@ -745,19 +771,23 @@ impl LtxI2vPipeline {
         } else {
             None
         };
-        ltx_gpu::manual_seed(p.decoder_noise_seed as i64);
+        // The decoder's noise (0.9.1): the decoder device's generator seeded with
+        // `decoder_noise_seed`, as the reference reseeds torch's before decoding.
+        let mut decoder_rng = Generators::new(p.decoder_noise_seed)?;
+        let noise = crate::tiled_decode::noise_for(&self.vae, &mut decoder_rng, dev)?;
         if as_u8 {
             return decode_to_u8(
                 &self.vae,
                 &z,
                 temb.as_ref(),
+                noise,
                 self.vae_tiling.as_ref(),
                 self.kernels(),
             );
         }
         let video = match &self.vae_tiling {
-            Some(cfg) => decode_tiled(&self.vae, &z, temb.as_ref(), cfg, self.kernels())?,
-            None => self.vae.decode(&z, temb.as_ref())?,
+            Some(cfg) => decode_tiled(&self.vae, &z, temb.as_ref(), noise, cfg, self.kernels())?,
+            None => self.vae.decode(&z, temb.as_ref(), noise)?,
         };
         let frames = (video.f_to_kind(Kind::Float)? * 0.5 + 0.5).f_clamp(0.0, 1.0)?;
         Ok(frames

@@ -2,8 +2,9 @@
 //! (`../shared/specs/replaced-service.md`, "What it ran"; diffusers' docs flow): a
 //! low-resolution `LTXConditionPipeline` pass to latents, a 2× latent upsample, a short refine
 //! pass at twice the pass-1 size from those latents, then every frame Lanczos-resized to the
-//! requested size. One seeded generator (torch's global one) across all of it.
+//! requested size. One seeded set of generators (the run's own) across all of it.
 
+use ltx_gpu::rng::Generators;
 use ltx_models::ltx::LtxLatentUpsampler;
 use ltx_models::{ModelError, Result};
 use tch::Tensor;
@@ -158,6 +159,7 @@ impl MultiscaleParams {
 /// Runs the flow on a condition image (already through the H.264 round trip when that is
 /// wanted) and returns uint8 frames `[F, height, width, 3]`: the decoded frames rounded to
 /// uint8 (diffusers' `output_type="pil"`), then Lanczos-resized to the requested size.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_multiscale(
     m: &ConditionModels<'_>,
     upsampler: &LtxLatentUpsampler,
@@ -165,6 +167,7 @@ pub fn generate_multiscale(
     negative: Option<&PromptEmbeds>,
     image: &RgbImage,
     p: &MultiscaleParams,
+    rng: &mut Generators,
     progress: &mut dyn FnMut(MultiscaleStage) -> Result<()>,
 ) -> Result<Tensor> {
     p.validate()?;
@@ -200,6 +203,7 @@ pub fn generate_multiscale(
         &cond(w1, h1)?,
         None,
         &low,
+        rng,
         ConditionOutput::Latents,
         &mut |s| match s {
             ConditionStage::Denoising { step, total } => {
@@ -227,6 +231,7 @@ pub fn generate_multiscale(
         &cond(w2, h2)?,
         Some(&up),
         &refine,
+        rng,
         ConditionOutput::Frames,
         &mut |s| match s {
             ConditionStage::Denoising { step, total } => {
@@ -413,6 +418,7 @@ impl crate::LtxI2vPipeline {
             )
         })?;
         let mut report = crate::reporter(progress, cancelled);
+        let _attention = self.attention_scope();
         let out = tch::no_grad(|| -> Result<Tensor> {
             let image = if r.compress_condition {
                 crate::video::h264_round_trip(image)
@@ -431,7 +437,7 @@ impl crate::LtxI2vPipeline {
                 kernels: self.kernels(),
                 ..ConditionModels::new(&self.transformer, &self.vae, &self.scheduler)
             };
-            ltx_gpu::manual_seed(r.seed as i64);
+            let mut rng = Generators::new(r.seed)?;
             generate_multiscale(
                 &m,
                 upsampler,
@@ -439,6 +445,7 @@ impl crate::LtxI2vPipeline {
                 negative.as_ref(),
                 &image,
                 &r.params,
+                &mut rng,
                 &mut report,
             )
         });

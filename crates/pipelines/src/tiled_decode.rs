@@ -40,6 +40,7 @@ use std::ops::Range;
 
 use ltx_gpu::kernels::tile_accumulate::{self, Canvas, Placement, Tile};
 use ltx_gpu::kernels::KernelRegistry;
+use ltx_gpu::rng::{Generator, Generators};
 use ltx_gpu::GpuError;
 use ltx_models::ltx::LtxVae;
 use ltx_models::{ModelError, Result};
@@ -390,13 +391,19 @@ pub(crate) fn gpu_error(e: GpuError) -> ModelError {
     }
 }
 
-/// Decodes `z` `[B, C, F, H, W]` tile by tile; returns what [`LtxVae::decode`] returns (shape
-/// and dtype). `registry` is the CUDA device's kernel registry for the weighted accumulation on
-/// CUDA tensors; without one (CPU, or no registry) the accumulation runs as tch ops.
-///
-/// The 0.9.1 decoder injects noise from torch's global generator on every call: seed it before
-/// decoding for reproducible output (each tile draws its own noise, so a tiled decode never
-/// equals the untiled one exactly on such a VAE).
+/// The generator `vae`'s decoder draws its injected noise from, on `device` (where it
+/// decodes), out of the job's `rng`; None for a decoder that injects none (nothing is made).
+pub fn noise_for<'a>(
+    vae: &LtxVae,
+    rng: &'a mut Generators,
+    device: tch::Device,
+) -> Result<Option<&'a mut Generator>> {
+    if !vae.config().injects_noise() {
+        return Ok(None);
+    }
+    Ok(Some(rng.on(device)?))
+}
+
 /// The tile plan of latents of size `s` (`[B, C, F, H, W]`) for this VAE's ratios.
 fn plan_for(vae: &LtxVae, s: &[i64], cfg: &TileConfig) -> Result<TilePlan> {
     let vc = vae.config();
@@ -408,10 +415,18 @@ fn plan_for(vae: &LtxVae, s: &[i64], cfg: &TileConfig) -> Result<TilePlan> {
     )
 }
 
+/// Decodes `z` `[B, C, F, H, W]` tile by tile; returns what [`LtxVae::decode`] returns (shape
+/// and dtype). `registry` is the CUDA device's kernel registry for the weighted accumulation on
+/// CUDA tensors; without one (CPU, or no registry) the accumulation runs as tch ops.
+///
+/// The 0.9.1 decoder injects noise on every call, drawn from `noise` (see [`noise_for`]): each
+/// tile draws its own in turn, so a tiled decode never equals the untiled one exactly on such
+/// a VAE.
 pub fn decode_tiled(
     vae: &LtxVae,
     z: &Tensor,
     timestep: Option<&Tensor>,
+    noise: Option<&mut Generator>,
     cfg: &TileConfig,
     registry: Option<&KernelRegistry>,
 ) -> Result<Tensor> {
@@ -421,11 +436,11 @@ pub fn decode_tiled(
     }
     let plan = plan_for(vae, &s, cfg)?;
     if plan.is_single() {
-        return vae.decode(z, timestep);
+        return vae.decode(z, timestep, noise);
     }
     match plan.mode {
-        TilingMode::Weighted => decode_weighted(vae, z, timestep, &plan, registry),
-        TilingMode::DiffusersCompatible => decode_diffusers(vae, z, timestep, &plan),
+        TilingMode::Weighted => decode_weighted(vae, z, timestep, noise, &plan, registry),
+        TilingMode::DiffusersCompatible => decode_diffusers(vae, z, timestep, noise, &plan),
     }
 }
 
@@ -442,10 +457,11 @@ fn decode_tile(
     vae: &LtxVae,
     z: &Tensor,
     timestep: Option<&Tensor>,
+    noise: Option<&mut Generator>,
     tile: [&AxisTile; 3],
     full_len: [i64; 3],
 ) -> Result<Tensor> {
-    let d = vae.decode(&crop(z, tile)?, timestep)?;
+    let d = vae.decode(&crop(z, tile)?, timestep, noise)?;
     let got = d.size();
     if got.len() != 5 || got[2..] != full_len {
         return invalid(format!(
@@ -466,10 +482,11 @@ fn decode_weighted(
     vae: &LtxVae,
     z: &Tensor,
     timestep: Option<&Tensor>,
+    noise: Option<&mut Generator>,
     plan: &TilePlan,
     registry: Option<&KernelRegistry>,
 ) -> Result<Tensor> {
-    let (out, wsum, kind) = accumulate_weighted(vae, z, timestep, plan, registry)?;
+    let (out, wsum, kind) = accumulate_weighted(vae, z, timestep, noise, plan, registry)?;
     let [of, oh, ow] = plan.output;
     let (batch, channels) = (z.size()[0], vae.config().out_channels);
     let video = (out / wsum.f_unsqueeze(0)?).f_reshape([batch, channels, of, oh, ow])?;
@@ -482,6 +499,7 @@ fn accumulate_weighted(
     vae: &LtxVae,
     z: &Tensor,
     timestep: Option<&Tensor>,
+    mut noise: Option<&mut Generator>,
     plan: &TilePlan,
     registry: Option<&KernelRegistry>,
 ) -> Result<(Tensor, Tensor, Kind)> {
@@ -494,7 +512,14 @@ fn accumulate_weighted(
     let mut kind = None;
     for tile in plan.tiles() {
         let [t, y, x] = tile;
-        let d = decode_tile(vae, z, timestep, tile, [t.len, y.len, x.len])?;
+        let d = decode_tile(
+            vae,
+            z,
+            timestep,
+            noise.as_deref_mut(),
+            tile,
+            [t.len, y.len, x.len],
+        )?;
         kind.get_or_insert(d.kind());
         let data = d
             .f_to_kind(Kind::Float)?
@@ -553,6 +578,7 @@ pub fn decode_to_u8(
     vae: &LtxVae,
     z: &Tensor,
     timestep: Option<&Tensor>,
+    noise: Option<&mut Generator>,
     cfg: Option<&TileConfig>,
     registry: Option<&KernelRegistry>,
 ) -> Result<Tensor> {
@@ -563,14 +589,14 @@ pub fn decode_to_u8(
     if let Some(cfg) = cfg.filter(|c| c.mode == TilingMode::Weighted) {
         let plan = plan_for(vae, &s, cfg)?;
         if !plan.is_single() {
-            let (out, wsum, _) = accumulate_weighted(vae, z, timestep, &plan, registry)?;
+            let (out, wsum, _) = accumulate_weighted(vae, z, timestep, noise, &plan, registry)?;
             return tile_accumulate::finalize_u8(registry, &out, &wsum, 0.5, 0.5)
                 .map_err(gpu_error);
         }
     }
     let video = match cfg {
-        Some(c) => decode_tiled(vae, z, timestep, c, registry)?,
-        None => vae.decode(z, timestep)?,
+        Some(c) => decode_tiled(vae, z, timestep, noise, c, registry)?,
+        None => vae.decode(z, timestep, noise)?,
     };
     let x = (video.f_to_kind(Kind::Float)? * 0.5 + 0.5).f_clamp(0.0, 1.0)? * 255.0;
     Ok(x.f_to_kind(Kind::Uint8)?
@@ -622,6 +648,7 @@ fn decode_diffusers(
     vae: &LtxVae,
     z: &Tensor,
     timestep: Option<&Tensor>,
+    mut noise: Option<&mut Generator>,
     plan: &TilePlan,
 ) -> Result<Tensor> {
     let [_, oh, ow] = plan.output;
@@ -639,6 +666,7 @@ fn decode_diffusers(
                     vae,
                     z,
                     timestep,
+                    noise.as_deref_mut(),
                     [t, y, x],
                     [full_t, y.len, x.len],
                 )?);

@@ -9,6 +9,7 @@
 #[path = "../../models/tests/common/mod.rs"]
 mod common;
 
+use ltx_gpu::rng::Generators;
 use ltx_models::config::read_config;
 use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig};
 use ltx_models::scheduler::FlowMatchConfig;
@@ -18,9 +19,6 @@ use ltx_pipelines::ltx_condition::{
     PromptEmbeds,
 };
 use tch::{Device, Kind, Tensor};
-
-/// The runs draw from torch's global generator.
-static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Models {
     transformer: LtxTransformer,
@@ -66,7 +64,6 @@ fn params(meta: &serde_json::Value, args: &serde_json::Value) -> ConditionParams
 
 #[test]
 fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let r = common::refs("condition_pipeline.safetensors");
     let meta = common::json("condition_pipeline.json");
     let m = models();
@@ -90,8 +87,9 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
             })
             .collect()
     };
-    let check_after = |name: &str| {
-        let after = Tensor::randn([4], (Kind::Float, Device::Cpu));
+    // The run's generator continues where diffusers' does.
+    let check_after = |name: &str, rng: &mut Generators| {
+        let after = rng.cpu().randn(&[4], Kind::Float).unwrap();
         assert!(
             after.equal(&r[&format!("{name}_after")]),
             "{name}: the generator's state differs"
@@ -108,7 +106,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
         } else {
             ConditionOutput::Latents
         };
-        tch::manual_seed(c["seed"].as_i64().unwrap());
+        let mut rng = Generators::new(c["seed"].as_u64().unwrap()).unwrap();
         let mut steps = 0;
         let got = tch::no_grad(|| {
             generate(
@@ -118,6 +116,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
                 &conditions_of(&c["conditions"]),
                 None,
                 &p,
+                &mut rng,
                 output,
                 &mut |st| {
                     if matches!(st, ConditionStage::Denoising { .. }) {
@@ -133,7 +132,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
         let tol = if frames { 1e-3 } else { 1e-4 };
         eprintln!("{name}: {steps} steps, max abs error {err:.2e}");
         assert!(err <= tol, "{name}: max abs error {err}");
-        check_after(name);
+        check_after(name, &mut rng);
     }
 
     // The refine pass from the first case's latents.
@@ -152,7 +151,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
         frame_index: 0,
         strength: 1.0,
     }];
-    tch::manual_seed(rf["seed"].as_i64().unwrap());
+    let mut rng = Generators::new(rf["seed"].as_u64().unwrap()).unwrap();
     let mut steps = 0;
     let got = tch::no_grad(|| {
         generate(
@@ -162,6 +161,7 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
             &conds,
             Some(&r["image0_cfg_latent_out"]),
             &p,
+            &mut rng,
             ConditionOutput::Latents,
             &mut |st| {
                 if matches!(st, ConditionStage::Denoising { .. }) {
@@ -176,12 +176,11 @@ fn every_case_equals_diffusers_and_leaves_the_generator_where_diffusers_does() {
     let err = common::max_abs_diff(&got, &r["refine_out"]);
     eprintln!("refine: max abs error {err:.2e}");
     assert!(err <= 1e-4, "refine: {err}");
-    check_after("refine");
+    check_after("refine", &mut rng);
 }
 
 #[test]
 fn bad_inputs_are_clear_errors() {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let m = models();
     let cm = ConditionModels::new(&m.transformer, &m.vae, &m.scheduler);
     let prompt = PromptEmbeds {
@@ -203,6 +202,7 @@ fn bad_inputs_are_clear_errors() {
             conds,
             None,
             p,
+            &mut Generators::new(0).unwrap(),
             ConditionOutput::Latents,
             &mut |_| Ok(()),
         )

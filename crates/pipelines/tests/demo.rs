@@ -27,12 +27,8 @@ fn small_tiles(mode: TilingMode) -> TileConfig {
     }
 }
 
-/// Building the demo model and generating both seed torch's process-wide generator.
-static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn demo_generates_the_requested_video_deterministically() {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let opts = cpu_fp32();
     let image = RgbImage {
         width: 80,
@@ -70,7 +66,6 @@ fn demo_generates_the_requested_video_deterministically() {
 
 #[test]
 fn a_cancelled_generation_stops_at_a_step_boundary() {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let pipe = demo_pipeline(cpu_fp32(), 128).unwrap();
     let image = RgbImage {
         width: 32,
@@ -105,7 +100,6 @@ fn a_cancelled_generation_stops_at_a_step_boundary() {
 #[test]
 fn model_and_sequential_offload_give_the_resident_video() {
     use ltx_pipelines::{MemoryOptions, OffloadMode};
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let opts = cpu_fp32();
     let image = RgbImage {
         width: 64,
@@ -168,7 +162,6 @@ fn an_injected_out_of_memory_is_retried_one_rung_down_with_the_same_video() {
     use ltx_models::ModelError;
     use ltx_pipelines::budget::run_with_ladder;
     use ltx_pipelines::{MemoryOptions, OffloadMode};
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let opts = cpu_fp32();
     let image = RgbImage {
         width: 32,
@@ -219,7 +212,6 @@ fn an_injected_out_of_memory_is_retried_one_rung_down_with_the_same_video() {
 
 #[test]
 fn tiled_decoding_in_the_pipeline_keeps_the_shape_and_range() {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let opts = cpu_fp32();
     let image = RgbImage {
         width: 96,
@@ -258,7 +250,6 @@ fn tiled_decoding_in_the_pipeline_keeps_the_shape_and_range() {
 #[test]
 fn the_uint8_output_is_the_bytes_of_the_float_output() {
     use ltx_pipelines::video::frames_to_u8;
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let opts = cpu_fp32();
     let image = RgbImage {
         width: 96,
@@ -304,7 +295,6 @@ fn the_demo_runs_the_multiscale_flow_deterministically_and_offloaded_like_reside
     use ltx_pipelines::demo::attach_demo_upsampler;
     use ltx_pipelines::multiscale::{MultiscaleParams, MultiscaleRequest, MultiscaleStage};
     use ltx_pipelines::{MemoryOptions, OffloadMode};
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let opts = cpu_fp32();
     let image = RgbImage {
         width: 90,

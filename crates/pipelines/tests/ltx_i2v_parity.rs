@@ -3,15 +3,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::ltx_i2v::LoadOptions;
 use ltx_pipelines::{I2vParams, LtxI2vPipeline, Progress};
 use tch::{Device, Kind, Tensor};
-
-/// Generation reseeds torch's global generator; parallel tests would interleave draws.
-static GLOBAL_RNG: Mutex<()> = Mutex::new(());
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ltx")
@@ -48,7 +44,6 @@ fn check(name: &str) {
 }
 
 fn check_with(name: &str, dir: &std::path::Path) {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let (r, meta) = refs(name);
     let call = &meta["call"];
     let pipe = LtxI2vPipeline::load(

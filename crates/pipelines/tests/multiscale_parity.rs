@@ -8,6 +8,7 @@
 #[path = "../../models/tests/common/mod.rs"]
 mod common;
 
+use ltx_gpu::rng::Generators;
 use ltx_models::config::read_config;
 use ltx_models::ltx::upsampler::open_upsampler;
 use ltx_models::ltx::{LtxTransformer, LtxTransformerConfig, LtxVae, LtxVaeConfig};
@@ -16,7 +17,7 @@ use ltx_models::weights::WeightStore;
 use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::ltx_condition::{ConditionModels, PromptEmbeds};
 use ltx_pipelines::multiscale::{generate_multiscale, MultiscaleParams, MultiscaleStage};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 #[test]
 fn the_multiscale_flow_equals_diffusers() {
@@ -69,7 +70,7 @@ fn the_multiscale_flow_equals_diffusers() {
     let ((w1, h1), (w2, h2)) = p.pass_sizes().unwrap();
     assert_eq!([w1, h1], [64, 32]);
     assert_eq!([w2, h2], [128, 64]);
-    tch::manual_seed(s["seed"].as_i64().unwrap());
+    let mut rng = Generators::new(s["seed"].as_u64().unwrap()).unwrap();
     let mut stages = Vec::new();
     let frames = tch::no_grad(|| {
         generate_multiscale(
@@ -79,6 +80,7 @@ fn the_multiscale_flow_equals_diffusers() {
             Some(&negative),
             &image,
             &p,
+            &mut rng,
             &mut |st| {
                 stages.push(st);
                 Ok(())
@@ -86,7 +88,7 @@ fn the_multiscale_flow_equals_diffusers() {
         )
     })
     .unwrap();
-    let after = Tensor::randn([4], (Kind::Float, Device::Cpu));
+    let after = rng.cpu().randn(&[4], Kind::Float).unwrap();
     assert_eq!(
         frames.size(),
         [89, 70, 100, 3],

@@ -3,16 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
+use ltx_gpu::rng::Generator;
 use ltx_models::config::read_config;
 use ltx_models::ltx::{LtxVae, LtxVaeConfig};
 use ltx_models::weights::WeightStore;
 use ltx_pipelines::tiled_decode::{decode_tiled, TileConfig, TilePlan, TilingMode};
 use tch::{Device, Kind, Tensor};
-
-/// The 0.9.1 decoder draws its noise from torch's global generator, which parallel tests share.
-static GLOBAL_RNG: Mutex<()> = Mutex::new(());
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ltx")
@@ -70,10 +67,6 @@ fn vae(variant: &str) -> LtxVae {
     vae
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    GLOBAL_RNG.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
@@ -91,10 +84,19 @@ fn psnr(a: &Tensor, b: &Tensor) -> f64 {
     10.0 * (4.0 / mse).log10()
 }
 
-/// Decodes with the global generator seeded first (the 0.9.1 decoder injects noise).
-fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
-    tch::manual_seed(seed);
-    tch::no_grad(f)
+/// Decodes with a CPU generator seeded as the fixture's global one (the 0.9.1 decoder injects
+/// noise; others ignore it).
+fn seeded<T>(seed: i64, f: impl FnOnce(&mut Generator) -> T) -> T {
+    let mut g = Generator::new(Device::Cpu, seed as u64).unwrap();
+    tch::no_grad(|| f(&mut g))
+}
+
+/// Random latents from their own seeded generator.
+fn latents(seed: u64, shape: &[i64]) -> Tensor {
+    Generator::new(Device::Cpu, seed)
+        .unwrap()
+        .randn(shape, Kind::Float)
+        .unwrap()
 }
 
 #[test]
@@ -130,15 +132,15 @@ fn plan_makes_the_same_decoder_calls_as_diffusers() {
 
 #[test]
 fn diffusers_mode_matches_diffusers_tiled_decode() {
-    let _rng = lock();
     let fx = Fixture::load();
     let vae = vae("0.9.1");
     let cfg = fx.config(TilingMode::DiffusersCompatible);
-    let got = seeded(fx.int("tiled_global_seed"), || {
+    let got = seeded(fx.int("tiled_global_seed"), |g| {
         decode_tiled(
             &vae,
             &fx.r["latents"],
             Some(&fx.r["decode_timestep"]),
+            Some(g),
             &cfg,
             None,
         )
@@ -159,12 +161,13 @@ fn diffusers_mode_matches_diffusers_tiled_decode() {
 
 #[test]
 fn weighted_mode_is_closer_to_the_untiled_decode_than_diffusers() {
-    let _rng = lock();
     let fx = Fixture::load();
     let vae = vae("0.9.1");
     let z = &fx.r["latents"];
     let t = Some(&fx.r["decode_timestep"]);
-    let untiled = seeded(fx.int("untiled_global_seed"), || vae.decode(z, t).unwrap());
+    let untiled = seeded(fx.int("untiled_global_seed"), |g| {
+        vae.decode(z, t, Some(g)).unwrap()
+    });
 
     // Our untiled decode is diffusers' (the fixture keeps only its statistics).
     let stats = &fx.meta["untiled_stats"];
@@ -192,8 +195,8 @@ fn weighted_mode_is_closer_to_the_untiled_decode_than_diffusers() {
         "PSNR of diffusers' tiled decode: {psnr_diffusers} here, {want} in Python"
     );
 
-    let weighted = seeded(fx.int("tiled_global_seed"), || {
-        decode_tiled(&vae, z, t, &fx.config(TilingMode::Weighted), None).unwrap()
+    let weighted = seeded(fx.int("tiled_global_seed"), |g| {
+        decode_tiled(&vae, z, t, Some(g), &fx.config(TilingMode::Weighted), None).unwrap()
     });
     assert_eq!(weighted.size(), untiled.size());
     let psnr_weighted = psnr(&weighted, &untiled);
@@ -209,11 +212,7 @@ fn weighted_mode_is_closer_to_the_untiled_decode_than_diffusers() {
 /// the noise-free 0.9.0 VAE and the noisy 0.9.1 one.
 #[test]
 fn weighted_mode_beats_diffusers_when_both_tile_every_axis() {
-    let _rng = lock();
-    let z = {
-        tch::manual_seed(77);
-        Tensor::randn([1, 8, 5, 4, 5], (Kind::Float, Device::Cpu))
-    };
+    let z = latents(77, &[1, 8, 5, 4, 5]);
     let cfg = |mode| TileConfig {
         mode,
         tile_sample_height: 96,
@@ -227,13 +226,13 @@ fn weighted_mode_beats_diffusers_when_both_tile_every_axis() {
         let vae = vae(variant);
         let temb = Tensor::from_slice(&[0.05f32]);
         let t = vae.config().timestep_conditioning.then_some(&temb);
-        let untiled = seeded(3, || vae.decode(&z, t).unwrap());
+        let untiled = seeded(3, |g| vae.decode(&z, t, Some(g)).unwrap());
         let mut psnrs = Vec::new();
         for mode in [TilingMode::DiffusersCompatible, TilingMode::Weighted] {
             let c = cfg(mode);
             let plan = TilePlan::new([5, 4, 5], 8, 32, &c).unwrap();
             assert!(plan.frames.len() >= 2 && plan.rows.len() >= 2 && plan.cols.len() >= 2);
-            let out = seeded(4, || decode_tiled(&vae, &z, t, &c, None).unwrap());
+            let out = seeded(4, |g| decode_tiled(&vae, &z, t, Some(g), &c, None).unwrap());
             assert_eq!(out.size(), untiled.size());
             psnrs.push(psnr(&out, &untiled));
         }
@@ -249,20 +248,21 @@ fn weighted_mode_beats_diffusers_when_both_tile_every_axis() {
 
 #[test]
 fn one_tile_is_the_untiled_decode() {
-    let _rng = lock();
     let fx = Fixture::load();
     let vae = vae("0.9.1");
     // Two latent frames: one 16-frame temporal tile in both modes (diffusers tiles in time as
     // soon as F > 16 / 8), and 64 x 96 px inside one 512 px tile.
     let z = &fx.r["latents"].narrow(2, 0, 2);
     let t = Some(&fx.r["decode_timestep"]);
-    let untiled = seeded(5, || vae.decode(z, t).unwrap());
+    let untiled = seeded(5, |g| vae.decode(z, t, Some(g)).unwrap());
     for mode in [TilingMode::Weighted, TilingMode::DiffusersCompatible] {
         let cfg = TileConfig {
             mode,
             ..TileConfig::default()
         };
-        let got = seeded(5, || decode_tiled(&vae, z, t, &cfg, None).unwrap());
+        let got = seeded(5, |g| {
+            decode_tiled(&vae, z, t, Some(g), &cfg, None).unwrap()
+        });
         assert!(got.equal(&untiled), "{mode:?}");
     }
 }
@@ -270,12 +270,8 @@ fn one_tile_is_the_untiled_decode() {
 #[test]
 fn batches_decode_like_single_videos() {
     // Weighted mode on a batch of two: each video as if decoded alone (noise-free 0.9.0 VAE).
-    let _rng = lock();
     let vae = vae("0.9.0");
-    let z = {
-        tch::manual_seed(78);
-        Tensor::randn([2, 8, 3, 2, 3], (Kind::Float, Device::Cpu))
-    };
+    let z = latents(78, &[2, 8, 3, 2, 3]);
     let cfg = TileConfig {
         mode: TilingMode::Weighted,
         tile_sample_height: 64,
@@ -286,9 +282,9 @@ fn batches_decode_like_single_videos() {
         stride_frames: 8,
     };
     tch::no_grad(|| {
-        let both = decode_tiled(&vae, &z, None, &cfg, None).unwrap();
+        let both = decode_tiled(&vae, &z, None, None, &cfg, None).unwrap();
         for b in 0..2 {
-            let one = decode_tiled(&vae, &z.narrow(0, b, 1), None, &cfg, None).unwrap();
+            let one = decode_tiled(&vae, &z.narrow(0, b, 1), None, None, &cfg, None).unwrap();
             let err = max_abs_diff(&both.narrow(0, b, 1), &one);
             assert!(err < 1e-5, "video {b}: {err}");
         }
@@ -300,7 +296,7 @@ fn rejects_bad_inputs() {
     let vae = vae("0.9.0");
     let cfg = TileConfig::default();
     let z = Tensor::zeros([8, 2, 2, 2], (Kind::Float, Device::Cpu));
-    let err = decode_tiled(&vae, &z, None, &cfg, None)
+    let err = decode_tiled(&vae, &z, None, None, &cfg, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("latents must be [B, C, F, H, W]"), "{err}");
@@ -309,7 +305,7 @@ fn rejects_bad_inputs() {
         ..cfg
     };
     let z = Tensor::zeros([1, 8, 2, 2, 2], (Kind::Float, Device::Cpu));
-    let err = decode_tiled(&vae, &z, None, &bad, None)
+    let err = decode_tiled(&vae, &z, None, None, &bad, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -329,7 +325,6 @@ fn weighted_mode_on_cuda_uses_the_kernel() {
             return;
         }
     };
-    let _rng = lock();
     let registry = ltx_gpu::kernels::KernelRegistry::new(d.clone()).unwrap();
     let gpu = Device::Cuda(d.index());
     let dir = fixtures().join("models/ltx-0.9.0/vae");
@@ -337,10 +332,7 @@ fn weighted_mode_on_cuda_uses_the_kernel() {
     let store = WeightStore::from_component_dir(&dir, Kind::Float, gpu).unwrap();
     let on_gpu = LtxVae::new(&store.root(), vcfg).unwrap();
     store.finish().unwrap();
-    let z = {
-        tch::manual_seed(79);
-        Tensor::randn([1, 8, 5, 4, 5], (Kind::Float, Device::Cpu))
-    };
+    let z = latents(79, &[1, 8, 5, 4, 5]);
     let cfg = TileConfig {
         mode: TilingMode::Weighted,
         tile_sample_height: 96,
@@ -352,13 +344,13 @@ fn weighted_mode_on_cuda_uses_the_kernel() {
     };
     tch::no_grad(|| {
         let zg = z.to_device(gpu);
-        let kernel = decode_tiled(&on_gpu, &zg, None, &cfg, Some(&registry)).unwrap();
-        let ops = decode_tiled(&on_gpu, &zg, None, &cfg, None).unwrap();
+        let kernel = decode_tiled(&on_gpu, &zg, None, None, &cfg, Some(&registry)).unwrap();
+        let ops = decode_tiled(&on_gpu, &zg, None, None, &cfg, None).unwrap();
         assert_eq!(kernel.device(), gpu);
         let err = max_abs_diff(&kernel.to_device(Device::Cpu), &ops.to_device(Device::Cpu));
         eprintln!("cuda: kernel vs tch accumulation {err:.2e}");
         assert!(err < 1e-5, "{err}");
-        let cpu = decode_tiled(&vae("0.9.0"), &z, None, &cfg, None).unwrap();
+        let cpu = decode_tiled(&vae("0.9.0"), &z, None, None, &cfg, None).unwrap();
         let err = max_abs_diff(&kernel.to_device(Device::Cpu), &cpu);
         eprintln!("cuda vs cpu: {err:.2e}");
         // Only a gross-error check: cuDNN may use TF32 convolutions (torch's default), which

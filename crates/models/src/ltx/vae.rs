@@ -3,6 +3,7 @@
 //! decoder with noise injection and residual upsamplers) and 0.9.5+ (space-to-depth
 //! downsamplers) — selected by `config.json` as diffusers does.
 
+use ltx_gpu::rng::Generator;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -71,6 +72,12 @@ impl Default for LtxVaeConfig {
 
 impl LtxVaeConfig {
     /// Pixels per latent pixel (32 for every released LTX VAE).
+    /// Whether the decoder adds noise (0.9.1's `decoder_inject_noise`): its decode draws random
+    /// numbers and needs a generator.
+    pub fn injects_noise(&self) -> bool {
+        self.decoder_inject_noise.iter().any(|&n| n)
+    }
+
     pub fn spatial_ratio(&self) -> i64 {
         self.spatial_compression_ratio.unwrap_or_else(|| {
             self.patch_size
@@ -294,15 +301,30 @@ impl ResnetBlock {
         })
     }
 
-    /// Adds `randn(H, W) · scale[C, 1, 1]` (one spatial draw from the global generator, shared
-    /// by every frame), as diffusers does when the decoder passes no generator.
-    fn inject(h: Tensor, scale: &Tensor) -> Result<Tensor> {
+    /// Adds `randn(H, W) · scale[C, 1, 1]` (one spatial draw, shared by every frame), drawn
+    /// from `rng` in `h`'s dtype: diffusers draws from the default generator of `h`'s device,
+    /// which a generator on that device seeded alike reproduces.
+    fn inject(h: Tensor, scale: &Tensor, rng: Option<&mut Generator>) -> Result<Tensor> {
+        let rng = rng.ok_or_else(|| {
+            ModelError::InvalidInput(
+                "this VAE decoder injects noise (decoder_inject_noise): decode needs a generator"
+                    .into(),
+            )
+        })?;
         let size = h.size();
-        let noise = Tensor::f_randn([size[3], size[4]], (h.kind(), h.device()))?.f_unsqueeze(0)?;
+        let noise = rng
+            .randn_to(&[size[3], size[4]], h.kind(), h.device())?
+            .f_unsqueeze(0)?;
         Ok(h + (noise * scale).f_unsqueeze(0)?.f_unsqueeze(2)?)
     }
 
-    fn forward(&self, input: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+    /// `noise` draws the injected noise of a block that has some (the 0.9.1 decoder's).
+    fn forward(
+        &self,
+        input: &Tensor,
+        temb: Option<&Tensor>,
+        mut noise: Option<&mut Generator>,
+    ) -> Result<Tensor> {
         let mut h = channels_last(input, |t| rms_norm(t, 1e-8))?;
         let mods = match (&self.scale_shift_table, temb) {
             (Some(table), Some(temb)) => {
@@ -321,7 +343,7 @@ impl ResnetBlock {
         }
         h = self.conv1.forward(&h.f_silu()?)?;
         if let Some((s1, _)) = &self.noise_scales {
-            h = Self::inject(h, s1)?;
+            h = Self::inject(h, s1, noise.as_deref_mut())?;
         }
         h = channels_last(&h, |t| rms_norm(t, 1e-8))?;
         if let Some(m) = &mods {
@@ -329,7 +351,7 @@ impl ResnetBlock {
         }
         h = self.conv2.forward(&h.f_silu()?)?;
         if let Some((_, s2)) = &self.noise_scales {
-            h = Self::inject(h, s2)?;
+            h = Self::inject(h, s2, noise)?;
         }
         let mut skip = input.shallow_clone();
         if let Some((w, b)) = &self.norm3 {
@@ -400,7 +422,7 @@ struct DownBlock {
 impl DownBlock {
     fn forward(&self, mut x: Tensor) -> Result<Tensor> {
         for r in &self.resnets {
-            x = r.forward(&x, None)?;
+            x = r.forward(&x, None, None)?;
         }
         x = match &self.down {
             Some(Down::Conv(c)) => c.forward(&x)?,
@@ -408,7 +430,7 @@ impl DownBlock {
             None => x,
         };
         match &self.conv_out {
-            Some(r) => r.forward(&x, None),
+            Some(r) => r.forward(&x, None, None),
             None => Ok(x),
         }
     }
@@ -573,7 +595,7 @@ impl Encoder {
             h = b.forward(h)?;
         }
         for r in &self.mid {
-            h = r.forward(&h, None)?;
+            h = r.forward(&h, None, None)?;
         }
         h = channels_last(&h, |t| rms_norm(t, 1e-8))?;
         let h = self.conv_out.forward(&h.f_silu()?)?;
@@ -743,7 +765,12 @@ impl Decoder {
         })
     }
 
-    fn forward(&self, z: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        z: &Tensor,
+        temb: Option<&Tensor>,
+        mut noise: Option<&mut Generator>,
+    ) -> Result<Tensor> {
         let mut h = self.conv_in.forward(z)?;
         let dtype = h.kind();
         let temb = match (&self.timestep_scale_multiplier, temb) {
@@ -763,18 +790,18 @@ impl Decoder {
         };
         let mid_t = block_temb(&self.mid_time_embedder)?;
         for r in &self.mid {
-            h = r.forward(&h, mid_t.as_ref())?;
+            h = r.forward(&h, mid_t.as_ref(), noise.as_deref_mut())?;
         }
         for up in &self.up_blocks {
             if let Some(c) = &up.conv_in {
-                h = c.forward(&h, temb.as_ref())?;
+                h = c.forward(&h, temb.as_ref(), noise.as_deref_mut())?;
             }
             let t = block_temb(&up.time_embedder)?;
             if let Some(u) = &up.upsampler {
                 h = u.forward(&h)?;
             }
             for r in &up.resnets {
-                h = r.forward(&h, t.as_ref())?;
+                h = r.forward(&h, t.as_ref(), noise.as_deref_mut())?;
             }
         }
         h = channels_last(&h, |t| rms_norm(t, 1e-8))?;
@@ -848,8 +875,16 @@ impl LtxVae {
     }
 
     /// Decodes `[B, latent, f, h, w]` to `[B, 3, 8(f−1)+1, 32h, 32w]`; `timestep` `[B]` is
-    /// required by timestep-conditioned decoders (0.9.1+) and ignored by others.
-    pub fn decode(&self, z: &Tensor, timestep: Option<&Tensor>) -> Result<Tensor> {
-        self.decoder.forward(z, timestep)
+    /// required by timestep-conditioned decoders (0.9.1+) and ignored by others. `noise` draws
+    /// the noise a decoder with [`LtxVaeConfig::injects_noise`] injects (required by those,
+    /// ignored by others); diffusers draws it from the default generator of the decoder's
+    /// device, so a generator on that device seeded as torch's was gives its numbers.
+    pub fn decode(
+        &self,
+        z: &Tensor,
+        timestep: Option<&Tensor>,
+        noise: Option<&mut Generator>,
+    ) -> Result<Tensor> {
+        self.decoder.forward(z, timestep, noise)
     }
 }
