@@ -37,7 +37,7 @@ use super::{InstantIdLoadOptions, InstantIdModels, InstantIdWeights};
 
 /// Seed of the demo family's weights (torch's CPU generator, whatever the device): the same
 /// model on every machine.
-pub const INSTANTID_DEMO_SEED: i64 = crate::demo::DEMO_SEED + 0x1D;
+pub const INSTANTID_DEMO_SEED: u64 = crate::demo::DEMO_SEED + 0x1D;
 
 /// Text encoder widths; side by side they are the UNet's cross-attention width.
 const TEXT_HIDDEN: [i64; 2] = [32, 64];
@@ -319,7 +319,7 @@ fn random_face_adapter(unet: &UNet2DConditionModel) -> Result<IpAdapterFile> {
 }
 
 /// Builds the demo family on `opts`' device in its dtypes (deterministic: the weights come
-/// from [`INSTANTID_DEMO_SEED`] on torch's CPU generator, then move to the device), with the
+/// from [`INSTANTID_DEMO_SEED`] on a CPU generator of their own, then move to the device), with the
 /// face adapter bound to the UNet and the parts checked to fit as a loaded model set is.
 pub fn demo_instantid(opts: &InstantIdLoadOptions) -> Result<InstantIdModels> {
     let device = opts.sdxl.device;
@@ -329,7 +329,10 @@ pub fn demo_instantid(opts: &InstantIdLoadOptions) -> Result<InstantIdModels> {
         .map_err(|e| ModelError::UnsupportedConfig(format!("demo scheduler config: {e}")))?;
     SdxlScheduler::from_json(&scheduler_config)?;
     let vae_cfg = demo_vae_config();
-    let store = |kind| WeightStore::random_generated_on(kind, device, Device::Cpu);
+    // One CPU generator for every component, drawn in construction order; the tensors then
+    // move to the device.
+    let rng = ltx_models::weights::shared_generator(Device::Cpu, INSTANTID_DEMO_SEED)?;
+    let store = |kind| WeightStore::random_from(kind, device, rng.clone());
     let stores = [
         store(kinds.text_encoder),
         store(kinds.text_encoder_2),
@@ -337,7 +340,6 @@ pub fn demo_instantid(opts: &InstantIdLoadOptions) -> Result<InstantIdModels> {
         store(kinds.vae_kind(&vae_cfg)),
         store(opts.controlnet),
     ];
-    ltx_gpu::manual_seed(INSTANTID_DEMO_SEED);
     tch::no_grad(|| {
         let text_encoder =
             ClipTextModel::new(&stores[0].root(), clip_config(TEXT_HIDDEN[0], "quick_gelu"))?;
