@@ -5,7 +5,7 @@
 //! weights bit for bit). Here every component built from the file must equal the one built from
 //! the folder's weights bit for bit, and reproduce the outputs of diffusers' single-file
 //! components (float32 on the CPU: max abs error ≤ 1e-6, measured 0, for the VAE and the
-//! encoders; ≤ 1e-5, measured 2.4e-6, for the UNet, see [`TOL_UNET`]).
+//! encoders; ≤ 5e-5, measured 2.4e-6 and 1.24e-5 on two CPUs, for the UNet, see [`TOL_UNET`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,8 +23,10 @@ const TOL: f64 = 1e-6;
 /// The UNet's output (magnitude 2.5) moves by 2.4e-6 against diffusers' with bit-identical
 /// weights: summation order (diffusers itself moves by 6.7e-6 when only the inputs' memory
 /// alignment changes). Misplaced weights are caught bit for bit by
-/// `every_component_equals_the_folders_bit_for_bit`.
-const TOL_UNET: f64 = 1e-5;
+/// `every_component_equals_the_folders_bit_for_bit`. On an AMD EPYC machine the same test
+/// measured 1.24e-5 (the CPU's kernels pick another summation order), so the bound is 5e-5:
+/// 2e-5 relative to the output, still far below what one misplaced weight moves.
+const TOL_UNET: f64 = 5e-5;
 const CPU: Device = Device::Cpu;
 
 fn fixtures() -> PathBuf {
