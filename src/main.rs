@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server.
-    Serve(ltx_server::ServeConfig),
+    Serve(Box<ltx_server::ServeConfig>),
     /// Generate one video from an image and a prompt, written as an MP4.
     Generate(Box<generate::GenerateArgs>),
     /// Benchmarks against baselines measured in the same run.
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(config) => {
-            tokio::runtime::Runtime::new()?.block_on(ltx_server::serve(config))?
+            tokio::runtime::Runtime::new()?.block_on(ltx_server::serve(*config))?
         }
         Command::Generate(args) => generate::run(*args)?,
         Command::Bench(cmd) => bench::run(cmd)?,
