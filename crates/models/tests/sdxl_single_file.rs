@@ -4,7 +4,7 @@
 //! `StableDiffusionXLPipeline.from_single_file(file, config=folder)` give back the folder's
 //! weights bit for bit). Here every component built from the file must equal the one built from
 //! the folder's weights bit for bit, and reproduce the outputs of diffusers' single-file
-//! components (float32 on the CPU: max abs error ≤ 1e-6, measured 0, for the VAE and the
+//! components (float32 on the CPU: max abs error ≤ 1e-5, measured 0 to above 1e-6 by the CPU, for the VAE and the
 //! encoders; ≤ 5e-5, measured 2.4e-6 and 1.24e-5 on two CPUs, for the UNet, see [`TOL_UNET`]).
 
 use std::collections::HashMap;
@@ -19,7 +19,9 @@ use ltx_models::weights::{Vb, WeightStore};
 use ltx_models::Result;
 use tch::{Device, Kind, Tensor};
 
-const TOL: f64 = 1e-6;
+/// The VAE and the text encoders: 1e-6 measured 0 on one CPU; on an AMD EPYC machine the
+/// bigG encoder's penultimate state moved past 1e-6 (the CPU's summation order), so 1e-5.
+const TOL: f64 = 1e-5;
 /// The UNet's output (magnitude 2.5) moves by 2.4e-6 against diffusers' with bit-identical
 /// weights: summation order (diffusers itself moves by 6.7e-6 when only the inputs' memory
 /// alignment changes). Misplaced weights are caught bit for bit by

@@ -269,8 +269,11 @@ pub fn demo_vae_config() -> AutoencoderKlConfig {
 /// A random `ip-adapter.bin` for `unet`: the Resampler's `image_proj` tensors in InstantX's
 /// names and a `(to_k_ip, to_v_ip)` pair for every `attn2`, drawn (float32, CPU) from torch's
 /// generator with [`WeightStore::random`]'s initialisation.
-fn random_face_adapter(unet: &UNet2DConditionModel) -> Result<IpAdapterFile> {
-    let draw = WeightStore::random(Kind::Float, Device::Cpu);
+fn random_face_adapter(
+    unet: &UNet2DConditionModel,
+    rng: ltx_models::weights::SharedGenerator,
+) -> Result<IpAdapterFile> {
+    let draw = WeightStore::random_from(Kind::Float, Device::Cpu, rng);
     let vb = draw.root();
     let (d, inner) = (FACE_DIM, (FACE_DIM / DIM_HEAD) * DIM_HEAD);
     let mut shapes: Vec<(String, Vec<i64>)> = vec![
@@ -350,7 +353,7 @@ pub fn demo_instantid(opts: &InstantIdLoadOptions) -> Result<InstantIdModels> {
         let mut unet = UNet2DConditionModel::new(&stores[2].root(), demo_unet_config())?;
         let vae = AutoencoderKl::new(&stores[3].root(), vae_cfg)?;
         let controlnet = ControlNetModel::new(&stores[4].root(), demo_controlnet_config())?;
-        let file = random_face_adapter(&unet)?;
+        let file = random_face_adapter(&unet, rng.clone())?;
         let resampler: Resampler = file.resampler(opts.face_adapter, device)?;
         bind_ip_adapter(&mut unet, &file, &resampler, "the demo face adapter")?;
         check_controlnet_fits(&controlnet, &unet, resampler.shape().output_dim)?;

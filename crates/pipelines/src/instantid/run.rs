@@ -5,7 +5,7 @@
 //! 2. face tokens: the Resampler on `[zeros, embedding]` with CFG (the negative is
 //!    Resampler(0), not zero); the keypoint image Lanczos-resized to (W, H), /255, NCHW,
 //!    twice with CFG; `add_time_ids` = (H, W, 0, 0, H, W);
-//! 3. latents `randn · init_noise_sigma` from torch's CPU generator seeded with `seed`; per step
+//! 3. latents `randn · init_noise_sigma` from a CPU generator of the job's own seeded with `seed`; per step
 //!    the IdentityNet on the face tokens with `conditioning_scale`, the UNet on cat[text, face]
 //!    with its residuals, CFG, the scheduler step (ancestral draws from the same generator);
 //! 4. the VAE decode (float32 for a float16 VAE with `force_upcast`), `(x/2 + 0.5).clamp(0, 1)`,
@@ -240,7 +240,7 @@ impl InstantIdModels {
             c.height / ratio,
             c.width / ratio,
         ];
-        let mut noise = noise_source(p.seed, dev);
+        let mut noise = noise_source(p.seed, dev)?;
         let mut latents =
             noise(&shape, c.prompt.embeds.kind())?.f_mul_scalar(scheduler.init_noise_sigma())?;
         let unet_kind = self.unet.kind();
@@ -395,14 +395,14 @@ impl InstantIdModels {
 }
 
 /// Every random draw of a generation (the initial latents, then the scheduler's per-step
-/// noise, in diffusers' order): torch's CPU generator seeded with `seed`, each draw made on the
-/// CPU and moved to `device`, as diffusers does with a CPU generator. The decode draws nothing.
-/// The one place a per-job generator replaces the global one.
-fn noise_source(seed: u64, device: Device) -> impl FnMut(&[i64], Kind) -> Result<Tensor> {
-    ltx_gpu::manual_seed(seed as i64);
-    move |shape: &[i64], kind: Kind| -> Result<Tensor> {
-        Ok(Tensor::f_randn(shape, (kind, Device::Cpu))?.f_to_device(device)?)
-    }
+/// noise, in diffusers' order): a CPU generator of this job's own seeded with `seed`, each draw
+/// made on the CPU and moved to `device`, as diffusers does with a CPU generator — so two jobs
+/// on two threads draw what each would draw alone. The decode draws nothing.
+fn noise_source(seed: u64, device: Device) -> Result<impl FnMut(&[i64], Kind) -> Result<Tensor>> {
+    let mut rng = ltx_gpu::rng::Generator::new(Device::Cpu, seed)?;
+    Ok(move |shape: &[i64], kind: Kind| -> Result<Tensor> {
+        Ok(rng.randn_to(shape, kind, device)?)
+    })
 }
 
 fn check_image(img: &RgbImage) -> Result<()> {
