@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ffprobe, request, request_with, start, start_in, Resp};
+use common::{ffprobe, form, multipart_ctype, request, request_with, start, start_in, Part, Resp};
 
 fn png() -> Vec<u8> {
     let img = image::RgbImage::from_fn(96, 64, |x, y| {
@@ -19,39 +19,6 @@ fn png() -> Vec<u8> {
     )
     .unwrap();
     bytes
-}
-
-const BOUNDARY: &str = "ltx-test-boundary-7d3f";
-
-/// A multipart part: (name, filename, bytes).
-type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
-
-/// A multipart/form-data body: `(name, filename, bytes)` parts.
-fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (name, file, data) in parts {
-        b.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        match file {
-            Some(f) => b.extend_from_slice(
-                format!(
-                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
-                     Content-Type: image/png\r\n\r\n"
-                )
-                .as_bytes(),
-            ),
-            None => b.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
-            ),
-        }
-        b.extend_from_slice(data);
-        b.extend_from_slice(b"\r\n");
-    }
-    b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    b
-}
-
-fn multipart_ctype() -> String {
-    format!("multipart/form-data; boundary={BOUNDARY}")
 }
 
 fn small_form(extra: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {

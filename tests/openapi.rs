@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use common::{request, start};
 
 /// Every operation the server implements.
-const ROUTES: [(&str, &str); 13] = [
+const ROUTES: [(&str, &str); 15] = [
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
@@ -19,6 +19,8 @@ const ROUTES: [(&str, &str); 13] = [
     ("POST", "/v1/models/{family}/unload"),
     ("POST", "/v1/image-to-video"),
     ("POST", "/i2v"),
+    ("POST", "/v1/instantid"),
+    ("POST", "/instantid"),
     ("GET", "/v1/jobs/{id}"),
     ("DELETE", "/v1/jobs/{id}"),
     ("GET", "/v1/jobs/{id}/result"),
@@ -90,6 +92,7 @@ fn files_are_described_as_binary() {
     let doc = request(&server.addr, "GET", "/openapi.json", None, b"").json();
     let mut videos = 0;
     let mut forms = 0;
+    let mut pngs = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             let mut contents: Vec<(String, &serde_json::Value)> = Vec::new();
@@ -118,18 +121,49 @@ fn files_are_described_as_binary() {
                         "{at}: {schema}"
                     );
                 }
+                if what.ends_with("image/png") {
+                    pngs += 1;
+                    assert_eq!(
+                        (
+                            schema["type"].as_str(),
+                            schema["format"].as_str(),
+                            schema["contentMediaType"].as_str()
+                        ),
+                        (Some("string"), Some("binary"), Some("image/png")),
+                        "{at}: {schema}"
+                    );
+                }
                 if what.ends_with("multipart/form-data") {
                     forms += 1;
-                    let image = &schema["properties"]["image"];
-                    assert_eq!(
-                        (image["type"].as_str(), image["format"].as_str()),
-                        (Some("string"), Some("binary")),
-                        "{at}: {image}"
-                    );
+                    let props = &schema["properties"];
+                    let file = if path.contains("instantid") {
+                        "face_image"
+                    } else {
+                        "image"
+                    };
+                    let mut parts = vec![&props[file]];
+                    if path == "/v1/instantid" {
+                        parts.push(&props["pose_image"]);
+                        parts.push(resolve(&doc, &props["reference_images"]["items"]));
+                    }
+                    for image in parts {
+                        let kind = image["type"].as_array().map_or_else(
+                            || image["type"].as_str().map(str::to_string),
+                            // Option<…>: ["string", "null"].
+                            |t| t[0].as_str().map(str::to_string),
+                        );
+                        assert_eq!(
+                            (kind.as_deref(), image["format"].as_str()),
+                            (Some("string"), Some("binary")),
+                            "{at}: {image}"
+                        );
+                    }
                 }
             }
         }
     }
-    // The MP4 of `?wait=true`, of `/i2v`, and the result's 200 and 206; two multipart forms.
-    assert_eq!((videos, forms), (4, 2));
+    // The MP4 of `?wait=true`, of `/i2v`, and the result's 200 and 206; the PNG of
+    // `/v1/instantid?wait=true`, of `/instantid` and of the result's 200 and 206; four
+    // multipart forms.
+    assert_eq!((videos, pngs, forms), (4, 4, 4));
 }

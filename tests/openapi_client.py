@@ -3,8 +3,9 @@ openapi-python-client (tests/openapi_client.rs generates it and runs this file).
 
 Usage: openapi_client.py PACKAGE_PARENT BASE_URL IMAGE_PNG OUT_DIR
 
-Submits one JSON job and one multipart job, follows each job's status to `done`, downloads
-each result and writes it to OUT_DIR/<id>.mp4; prints one `job <kind> <id>` line per job.
+Submits one JSON job and one multipart job for a video and one JSON portrait job, follows
+each job's status to `done`, downloads each result and writes it to OUT_DIR/<id>.mp4 (the
+portrait to <id>.png); prints one `job <kind> <id>` line per job.
 Any unexpected answer raises (the generated client returns the documented error model).
 """
 
@@ -17,8 +18,8 @@ import time
 sys.path.insert(0, sys.argv[1])
 
 from ltx_client import Client  # noqa: E402
-from ltx_client.api.jobs import result, status, submit  # noqa: E402
-from ltx_client.models import I2VForm, I2VRequest, JobState, JobStatus, Submitted  # noqa: E402
+from ltx_client.api.jobs import result, status, submit, submit_instantid  # noqa: E402
+from ltx_client.models import I2VForm, I2VRequest, InstantIdRequest, JobState, JobStatus, Submitted  # noqa: E402
 from ltx_client.types import File  # noqa: E402
 
 base_url, image_path, out_dir = sys.argv[2], pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
@@ -34,6 +35,12 @@ form = I2VForm(image=File(payload=io.BytesIO(png), file_name="first.png", mime_t
 as_form = submit.sync(client=client, body=form)
 assert isinstance(as_form, Submitted), as_form
 jobs.append(("multipart", as_form.id))
+portrait = submit_instantid.sync(
+    client=client,
+    body=InstantIdRequest(face_image=base64.b64encode(png).decode(), prompt="a portrait", width=64, height=48, steps=2, seed=1),
+)
+assert isinstance(portrait, Submitted), portrait
+jobs.append(("portrait", portrait.id))
 
 for kind, job_id in jobs:
     deadline = time.monotonic() + 300
@@ -45,7 +52,8 @@ for kind, job_id in jobs:
         assert s.state in (JobState.QUEUED, JobState.RUNNING), f"{kind} job ended {s.state}: {s.error}"
         assert time.monotonic() < deadline, f"{kind} job stuck in {s.state}"
         time.sleep(0.2)
-    video = result.sync(client=client, id=job_id)
-    assert isinstance(video, File), f"result is {type(video)}, not a File"
-    (out_dir / f"{job_id}.mp4").write_bytes(video.payload.read())
+    file = result.sync(client=client, id=job_id)
+    assert isinstance(file, File), f"result is {type(file)}, not a File"
+    ext = "png" if kind == "portrait" else "mp4"
+    (out_dir / f"{job_id}.{ext}").write_bytes(file.payload.read())
     print(f"job {kind} {job_id}", flush=True)

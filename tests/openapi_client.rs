@@ -1,7 +1,8 @@
 //! A Python client generated from the served `/openapi.json` by `openapi-python-client` (pinned
 //! in `.ci/run`, which installs it into a throwaway venv and sets `LTX_OPENAPI_PYTHON_CLIENT`)
-//! submits a JSON job and a multipart job, follows their status to `done` and downloads the
-//! results, which must be byte for byte the MP4s the server wrote. Without the generator
+//! submits a JSON and a multipart video job and a JSON portrait job, follows their status to
+//! `done` and downloads the results, which must be byte for byte the MP4s and the PNG the
+//! server wrote. Without the generator
 //! (`LTX_OPENAPI_PYTHON_CLIENT` unset and none at the known path) the test says it is skipped.
 
 mod common;
@@ -70,11 +71,11 @@ fn a_generated_python_client_submits_follows_and_downloads() {
     let doc = request(&server.addr, "GET", "/openapi.json", None, b"");
     assert_eq!(doc.status, 200);
     std::fs::write(work.join("openapi.json"), &doc.body).unwrap();
-    // The generator reads files only as application/octet-stream; video/mp4 is one (its
-    // documented override for binary media types).
+    // The generator reads files only as application/octet-stream; video/mp4 and image/png are
+    // such files (its documented override for binary media types).
     std::fs::write(
         work.join("config.yml"),
-        "content_type_overrides:\n  video/mp4: application/octet-stream\npost_hooks: []\n",
+        "content_type_overrides:\n  video/mp4: application/octet-stream\n  image/png: application/octet-stream\npost_hooks: []\n",
     )
     .unwrap();
     let log = run(Command::new(&generator)
@@ -105,20 +106,28 @@ fn a_generated_python_client_submits_follows_and_downloads() {
         .collect();
     assert_eq!(
         jobs.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-        ["json", "multipart"],
+        ["json", "multipart", "portrait"],
         "{out}"
     );
     for (kind, id) in &jobs {
-        let downloaded = std::fs::read(work.join("out").join(format!("{id}.mp4"))).unwrap();
-        let written = std::fs::read(server.dir.join(format!("{id}.mp4"))).unwrap();
+        let ext = if kind == "portrait" { "png" } else { "mp4" };
+        let file = format!("{id}.{ext}");
+        let downloaded = std::fs::read(work.join("out").join(&file)).unwrap();
+        let written = std::fs::read(server.dir.join(&file)).unwrap();
         assert!(
             downloaded == written,
-            "{kind}: the client's {} bytes differ from the server's {}-byte MP4",
+            "{kind}: the client's {} bytes differ from the server's {}-byte {ext}",
             downloaded.len(),
             written.len()
         );
+        if kind == "portrait" {
+            let img =
+                image::load_from_memory_with_format(&downloaded, image::ImageFormat::Png).unwrap();
+            assert_eq!((img.width(), img.height()), (64, 48));
+            continue;
+        }
         assert_eq!(&downloaded[4..8], b"ftyp", "{kind}");
-        let s = ffprobe(&work.join("out").join(format!("{id}.mp4")));
+        let s = ffprobe(&work.join("out").join(&file));
         assert_eq!(s["nb_read_frames"], "9", "{kind}: {s}");
     }
     let _ = std::fs::remove_dir_all(&work);

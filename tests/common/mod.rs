@@ -183,3 +183,36 @@ pub fn ffprobe(path: &Path) -> serde_json::Value {
         .expect("ffprobe not found: install ffmpeg (apt-get install ffmpeg)");
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["streams"][0].clone()
 }
+
+pub const BOUNDARY: &str = "ltx-test-boundary-7d3f";
+
+/// A multipart part: (name, filename, bytes).
+pub type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+/// A multipart/form-data body: `(name, filename, bytes)` parts.
+pub fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (name, file, data) in parts {
+        b.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match file {
+            Some(f) => b.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
+                     Content-Type: image/png\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => b.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        b.extend_from_slice(data);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    b
+}
+
+pub fn multipart_ctype() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}

@@ -110,6 +110,23 @@ pub struct InstantIdConfig {
         default_value = "auto"
     )]
     pub instantid_vram_budget: String,
+
+    /// Largest portrait width and height in pixels (the LTX_MAX_* limits are the videos').
+    #[arg(
+        long = "instantid-max-side",
+        env = "INSTANTID_MAX_SIDE",
+        default_value_t = 1536
+    )]
+    pub instantid_max_side: i64,
+
+    /// Largest portrait width × height: 1536×1024 by default (SDXL's 1024² and its
+    /// other-aspect sizes fit).
+    #[arg(
+        long = "instantid-max-pixels",
+        env = "INSTANTID_MAX_PIXELS",
+        default_value_t = 1536 * 1024
+    )]
+    pub instantid_max_pixels: i64,
 }
 
 /// A path setting that must exist: `--flag (ENV) path: problem`.
@@ -153,7 +170,30 @@ impl InstantIdConfig {
                 "--instantid-face-threads (INSTANTID_FACE_THREADS) must be at least 1".into(),
             );
         }
+        if self.instantid_max_side < 8 {
+            return Err(format!(
+                "--instantid-max-side (INSTANTID_MAX_SIDE) must be at least 8, got {}",
+                self.instantid_max_side
+            ));
+        }
+        if self.instantid_max_pixels > self.instantid_max_side * self.instantid_max_side {
+            return Err(format!(
+                "--instantid-max-pixels ({}) exceeds --instantid-max-side² ({}): lower one of them",
+                self.instantid_max_pixels,
+                self.instantid_max_side * self.instantid_max_side
+            ));
+        }
         self.check_paths()
+    }
+
+    /// The request limits for portraits: the server's, with InstantID's own side and pixel
+    /// limits.
+    pub fn limits(&self, server: &crate::config::Limits) -> crate::config::Limits {
+        crate::config::Limits {
+            max_side: self.instantid_max_side,
+            max_pixels: self.instantid_max_pixels,
+            ..server.clone()
+        }
     }
 
     fn check_paths(&self) -> Result<(), String> {

@@ -292,6 +292,7 @@ fn decode(
 
 impl InstantIdRequest {
     /// Checks every rule against `limits`; the random seed is drawn here when absent.
+    #[cfg(test)]
     pub fn validate(self, limits: &Limits) -> Result<ValidInstantId, ApiError> {
         self.validate_named(limits, FieldNames::V1)
     }

@@ -201,8 +201,6 @@ pub enum WorkKind {
     /// The 0.9.7/0.9.8 multi-scale flow (`POST /i2v`).
     Multiscale(VideoInput, Box<MultiscaleRequest>),
     /// InstantID (`POST /v1/instantid`, `POST /instantid`): a PNG portrait.
-    // Made by the InstantID routes (being added beside this file).
-    #[cfg_attr(not(test), allow(dead_code))]
     InstantId(Box<InstantIdWork>),
 }
 

@@ -27,15 +27,15 @@ use crate::ApiError;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SubmitQuery {
-    /// Answer with the MP4 itself when the job finishes within the server's wait limit
+    /// Answer with the result itself (the MP4 or PNG) when the job finishes within the server's wait limit
     /// (otherwise `202` as without it).
     #[serde(default)]
-    wait: bool,
+    pub(crate) wait: bool,
 }
 
 /// A job just accepted (or still running when `?wait=true` gave up).
 #[derive(Serialize, ToSchema)]
-struct Submitted {
+pub(crate) struct Submitted {
     #[serde(flatten)]
     #[schema(inline)]
     status: JobStatus,
@@ -70,7 +70,7 @@ pub(crate) fn content_type(req: &Request) -> String {
         .to_string()
 }
 
-fn too_large(state: &AppState) -> ApiError {
+pub(crate) fn too_large(state: &AppState) -> ApiError {
     ApiError::PayloadTooLarge {
         limit: state.limits().max_body_bytes,
     }
@@ -127,13 +127,7 @@ pub(crate) async fn read_form_fields(
     file: &'static str,
     text_fields: &[&str],
 ) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<u8>), ApiError> {
-    let part_error = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(state)
-        } else {
-            ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
-        }
-    };
+    let part_error = |e| part_error(state, e);
     let mut fields = serde_json::Map::new();
     let mut bytes = None;
     while let Some(part) = form.next_field().await.map_err(part_error)? {
@@ -149,21 +143,7 @@ pub(crate) async fn read_form_fields(
             continue;
         }
         let text = part.text().await.map_err(part_error)?;
-        let value = if text_fields.contains(&name.as_str()) {
-            serde_json::Value::String(text)
-        } else {
-            // Numbers arrive as text; anything else stays a string and fails the type check.
-            serde_json::from_str::<serde_json::Value>(text.trim())
-                .ok()
-                .filter(serde_json::Value::is_number)
-                .unwrap_or(serde_json::Value::String(text))
-        };
-        if fields.insert(name.clone(), value).is_some() {
-            return Err(ApiError::Invalid {
-                field: "body",
-                message: format!("field {name:?} sent twice"),
-            });
-        }
+        insert_text_part(&mut fields, name, text, text_fields)?;
     }
     let Some(bytes) = bytes else {
         return Err(ApiError::Invalid {
@@ -173,6 +153,44 @@ pub(crate) async fn read_form_fields(
     };
     fields.insert(file.into(), serde_json::Value::String(String::new()));
     Ok((fields, bytes))
+}
+
+/// A multipart read failure: over the body limit (413), else a malformed body (400).
+pub(crate) fn part_error(
+    state: &AppState,
+    e: axum::extract::multipart::MultipartError,
+) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(state)
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// A text part as a JSON value of the form's fields: a string for `text_fields`, a number
+/// when it parses as one, else a string (so a wrong type fails the type check with its
+/// message). A field sent twice is a 422.
+pub(crate) fn insert_text_part(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+    name: String,
+    text: String,
+    text_fields: &[&str],
+) -> Result<(), ApiError> {
+    let value = if text_fields.contains(&name.as_str()) {
+        serde_json::Value::String(text)
+    } else {
+        serde_json::from_str::<serde_json::Value>(text.trim())
+            .ok()
+            .filter(serde_json::Value::is_number)
+            .unwrap_or(serde_json::Value::String(text))
+    };
+    if fields.insert(name.clone(), value).is_some() {
+        return Err(ApiError::Invalid {
+            field: "body",
+            message: format!("field {name:?} sent twice"),
+        });
+    }
+    Ok(())
 }
 
 /// Queues an image-to-video job.
@@ -217,7 +235,7 @@ pub async fn submit(
     wait_for(&state, &job).await
 }
 
-async fn wait_for(state: &AppState, job: &Arc<Job>) -> Result<Response, ApiError> {
+pub(crate) async fn wait_for(state: &AppState, job: &Arc<Job>) -> Result<Response, ApiError> {
     let mut rx = job.subscribe();
     let finished = tokio::time::timeout(state.wait_timeout(), async {
         loop {

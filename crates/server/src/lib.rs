@@ -8,14 +8,10 @@ mod config;
 mod config_instantid;
 mod devices;
 mod error;
-// Used by the InstantID handlers once they are registered (service_instantid).
-#[allow(dead_code)]
 mod face_service;
 mod families;
 mod family;
 mod host_memory;
-// Used by the InstantID handlers once they are registered (service_instantid).
-#[allow(dead_code)]
 mod instantid_request;
 mod jobs;
 mod jobs_api;
@@ -26,6 +22,7 @@ mod residency;
 mod retention;
 mod routes;
 mod service_i2v;
+mod service_instantid;
 mod system;
 mod worker;
 #[cfg(test)]

@@ -36,6 +36,10 @@ struct Inner {
     config: ServeConfig,
     openapi: OnceLock<String>,
     planner: Planner,
+    /// The face networks InstantID requests are analysed with at submission.
+    faces: crate::face_service::FaceService,
+    /// The request limits for portraits (`INSTANTID_MAX_*`).
+    instantid_limits: Limits,
 }
 
 /// A family's report before anything is loaded.
@@ -102,6 +106,8 @@ impl AppState {
         )
         .map_err(|e| ServerError::Config(format!("the configured model: {e}")))?;
         let instantid = crate::families::instantid::served(&config.instantid)?;
+        let faces = crate::face_service::FaceService::from_config(&config.instantid)
+            .map_err(ServerError::Config)?;
         let host = HostBudget::at_start(
             &config
                 .ltx_host_budget
@@ -171,6 +177,8 @@ impl AppState {
                 config: config.clone(),
                 openapi: OnceLock::new(),
                 planner,
+                faces,
+                instantid_limits: config.instantid.limits(&config.limits),
             }),
         })
     }
@@ -198,6 +206,15 @@ impl AppState {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.inner.config.limits
+    }
+
+    /// What a portrait request may ask for (the server's limits, InstantID's sizes).
+    pub(crate) fn instantid_limits(&self) -> &Limits {
+        &self.inner.instantid_limits
+    }
+
+    pub(crate) fn faces(&self) -> &crate::face_service::FaceService {
+        &self.inner.faces
     }
 
     pub(crate) fn output_dir(&self) -> &std::path::Path {
@@ -319,6 +336,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(unload))
         .routes(routes!(jobs_api::submit))
         .routes(routes!(crate::service_i2v::service_i2v))
+        .routes(routes!(crate::service_instantid::submit_instantid))
+        .routes(routes!(crate::service_instantid::service_instantid))
         .routes(routes!(jobs_api::status, jobs_api::cancel))
         .routes(routes!(jobs_api::result, jobs_api::result_head))
         .routes(routes!(jobs_api::events))

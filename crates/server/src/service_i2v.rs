@@ -268,6 +268,12 @@ pub async fn service_i2v(
     .map_err(|e| ApiError::Internal(format!("validation task: {e}")))??;
     state.admit(&mut work)?;
     let job = state.enqueue(work)?;
+    answer_when_done(job).await
+}
+
+/// The replaced service's way: waits for `job` to end and answers its result file; a client
+/// that goes away first cancels the job (at its next step boundary).
+pub(crate) async fn answer_when_done(job: Arc<Job>) -> Result<Response, ApiError> {
     let mut guard = CancelOnDrop(Some(job.clone()));
     let mut rx = job.subscribe();
     loop {

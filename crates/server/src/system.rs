@@ -45,6 +45,11 @@ pub struct FaceRuntimeReport {
     fallback_reason: Option<String>,
     /// Why the runtime could not be loaded.
     error: Option<String>,
+    /// Where the face networks come from: the `INSTANTID_FACE_MODELS` folder, `demo` (the
+    /// demo family's tiny graphs), or why there are none.
+    models: String,
+    /// Whether the networks are open (they open on the first InstantID request).
+    opened: bool,
 }
 
 /// Loads ONNX Runtime (once per process) and says what the face networks will run on.
@@ -119,7 +124,13 @@ pub async fn system(State(state): State<AppState>) -> Result<Json<System>, ApiEr
     let cuda = blocking(report::cuda_report).await?;
     let c = &state.config().instantid;
     let (device, parsed) = (c.instantid_face_device.clone(), c.face_device());
-    let face = blocking(move || face_runtime(&device, parsed)).await?;
+    let mut face = blocking(move || face_runtime(&device, parsed)).await?;
+    face.models = match &state.faces().settings().models {
+        crate::face_service::FaceModels::Folder(dir) => dir.display().to_string(),
+        crate::face_service::FaceModels::Demo => "demo".into(),
+        crate::face_service::FaceModels::Missing { reason } => format!("none: {reason}"),
+    };
+    face.opened = state.faces().is_open();
     let workers = state.workers();
     let gauges = workers.gauges();
     let device_of = |id| workers.family(id).map(|f| f.device.clone());
