@@ -11,6 +11,7 @@ mod doctor;
 mod faces;
 mod generate;
 mod generate_flows;
+mod instantid_cli;
 
 /// LTX-Video image-to-video inference server for small GPUs.
 #[derive(Parser)]
@@ -26,6 +27,8 @@ enum Command {
     Serve(Box<ltx_server::ServeConfig>),
     /// Generate one video from an image and a prompt, written as an MP4.
     Generate(Box<generate::GenerateArgs>),
+    /// Generate one InstantID portrait from a face photo and a prompt, written as a PNG.
+    Instantid(Box<instantid_cli::InstantIdArgs>),
     /// Benchmarks against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(ltx_server::serve(*config))?
         }
         Command::Generate(args) => generate::run(*args)?,
+        Command::Instantid(args) => instantid_cli::run(*args)?,
         Command::Bench(cmd) => bench::run(cmd)?,
         Command::Faces(args) => faces::run(*args)?,
         Command::Doctor { json } => doctor::run(json)?,
