@@ -205,3 +205,40 @@ fn a_pipeline_without_its_own_backend_runs_with_the_callers() {
     drop(g);
     assert_eq!(demo.attention(), attention::backend());
 }
+
+/// One InstantID job on the demo family (its initial latents from the job's generator).
+fn instantid_job(seed: u64) -> Tensor {
+    use ltx_pipelines::instantid::{demo::demo_instantid, InstantIdLoadOptions, InstantIdParams};
+    let mut m = demo_instantid(&InstantIdLoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    let face = Tensor::from_slice(
+        &(0..512)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
+            .collect::<Vec<_>>(),
+    )
+    .reshape([1, 512]);
+    let p = InstantIdParams {
+        prompt: "a portrait".into(),
+        height: Some(64),
+        width: Some(64),
+        steps: 2,
+        guidance_scale: 5.0,
+        seed,
+        ..InstantIdParams::default()
+    };
+    m.generate(&face, &image(), &p, &mut |_| {}, &|| false)
+        .unwrap()
+}
+
+#[test]
+fn an_instantid_job_beside_a_video_job_gives_its_single_job_result() {
+    use AttentionBackend::Sdpa;
+    let portrait = instantid_job(3);
+    let video = i2v_job(4, Sdpa);
+    assert!(
+        !instantid_job(4).equal(&portrait),
+        "two seeds gave one portrait"
+    );
+    let (rp, rv) = together(|| instantid_job(3), || i2v_job(4, Sdpa));
+    assert_bitwise("instantid seed 3", &portrait, &rp);
+    assert_bitwise("i2v seed 4 beside instantid", &video, &rv);
+}
