@@ -202,8 +202,8 @@ impl InstantIdModels {
         })
     }
 
-    /// The denoising loop from seeded noise to the final latents `[1, 4, H/8, W/8]`. Seeds
-    /// torch's global CPU generator with `p.seed`; sets the UNet's IP scale to
+    /// The denoising loop from seeded noise to the final latents `[1, 4, H/8, W/8]`, every
+    /// draw from a CPU generator of its own seeded with `p.seed`; sets the UNet's IP scale to
     /// `p.ip_adapter_scale`. `cancelled` is asked before every step.
     pub fn denoise(
         &mut self,
@@ -213,15 +213,32 @@ impl InstantIdModels {
         cancelled: &dyn Fn() -> bool,
         on_step: &mut dyn FnMut(&StepState<'_>),
     ) -> Result<Tensor> {
+        let mut rng = ltx_gpu::rng::Generator::new(Device::Cpu, p.seed)?;
+        self.denoise_from(c, p, &mut rng, progress, cancelled, on_step)
+    }
+
+    /// [`Self::denoise`] drawing from `rng` (a CPU generator: the draws are made on the CPU
+    /// and moved to the model's device, as diffusers does with a CPU generator), which is
+    /// left where diffusers' generator would be after the loop.
+    pub fn denoise_from(
+        &mut self,
+        c: &Conditioning,
+        p: &InstantIdParams,
+        rng: &mut ltx_gpu::rng::Generator,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &dyn Fn() -> bool,
+        on_step: &mut dyn FnMut(&StepState<'_>),
+    ) -> Result<Tensor> {
         p.validate()?;
         let mut report = crate::reporter(progress, cancelled);
-        tch::no_grad(|| self.run_loop(c, p, &mut report, on_step))
+        tch::no_grad(|| self.run_loop(c, p, rng, &mut report, on_step))
     }
 
     fn run_loop(
         &mut self,
         c: &Conditioning,
         p: &InstantIdParams,
+        rng: &mut ltx_gpu::rng::Generator,
         report: &mut dyn FnMut(Progress) -> Result<()>,
         on_step: &mut dyn FnMut(&StepState<'_>),
     ) -> Result<Tensor> {
@@ -240,7 +257,7 @@ impl InstantIdModels {
             c.height / ratio,
             c.width / ratio,
         ];
-        let mut noise = noise_source(p.seed, dev)?;
+        let mut noise = noise_source(rng, dev);
         let mut latents =
             noise(&shape, c.prompt.embeds.kind())?.f_mul_scalar(scheduler.init_noise_sigma())?;
         let unet_kind = self.unet.kind();
@@ -389,20 +406,21 @@ impl InstantIdModels {
             enter(Component::Transformer)?;
             let c =
                 self.finish_conditioning(prompt, face_embedding, keypoints, p, height, width)?;
-            self.run_loop(&c, p, report, &mut |_| {})
+            let mut rng = ltx_gpu::rng::Generator::new(Device::Cpu, p.seed)?;
+            self.run_loop(&c, p, &mut rng, report, &mut |_| {})
         })
     }
 }
 
 /// Every random draw of a generation (the initial latents, then the scheduler's per-step
-/// noise, in diffusers' order): a CPU generator of this job's own seeded with `seed`, each draw
-/// made on the CPU and moved to `device`, as diffusers does with a CPU generator — so two jobs
-/// on two threads draw what each would draw alone. The decode draws nothing.
-fn noise_source(seed: u64, device: Device) -> Result<impl FnMut(&[i64], Kind) -> Result<Tensor>> {
-    let mut rng = ltx_gpu::rng::Generator::new(Device::Cpu, seed)?;
-    Ok(move |shape: &[i64], kind: Kind| -> Result<Tensor> {
-        Ok(rng.randn_to(shape, kind, device)?)
-    })
+/// noise, in diffusers' order): from `rng`, the job's own CPU generator, each draw made on the
+/// CPU and moved to `device`, as diffusers does with a CPU generator — so two jobs on two
+/// threads draw what each would draw alone. The decode draws nothing.
+fn noise_source(
+    rng: &mut ltx_gpu::rng::Generator,
+    device: Device,
+) -> impl FnMut(&[i64], Kind) -> Result<Tensor> + '_ {
+    move |shape: &[i64], kind: Kind| -> Result<Tensor> { Ok(rng.randn_to(shape, kind, device)?) }
 }
 
 fn check_image(img: &RgbImage) -> Result<()> {
