@@ -21,6 +21,19 @@ pub enum Dtype {
     Fp16,
 }
 
+impl Dtype {
+    /// The precision asked for, else fp32 on the CPU and bf16 on CUDA.
+    pub(crate) fn kind_on(asked: Option<Dtype>, device: tch::Device) -> Kind {
+        match asked {
+            Some(Dtype::Fp32) => Kind::Float,
+            Some(Dtype::Bf16) => Kind::BFloat16,
+            Some(Dtype::Fp16) => Kind::Half,
+            None if device == tch::Device::Cpu => Kind::Float,
+            None => Kind::BFloat16,
+        }
+    }
+}
+
 /// Which flow `generate` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PipelineKind {
@@ -243,13 +256,7 @@ pub(crate) fn load_pipeline(args: &GenerateArgs, max_len: usize) -> anyhow::Resu
     };
     let device = args.device.resolve()?;
     let tch_device = device.tch_device();
-    let dtype = match args.dtype {
-        Some(Dtype::Fp32) => Kind::Float,
-        Some(Dtype::Bf16) => Kind::BFloat16,
-        Some(Dtype::Fp16) => Kind::Half,
-        None if tch_device == tch::Device::Cpu => Kind::Float,
-        None => Kind::BFloat16,
-    };
+    let dtype = Dtype::kind_on(args.dtype, tch_device);
     let mem = MemoryOptions {
         mode: OffloadMode::from_switches(args.cpu_offload, args.sequential_cpu_offload),
         prefetch: args.offload_prefetch,

@@ -14,10 +14,10 @@ use ltx_models::sdxl::schedulers::SUPPORTED_SCHEDULERS;
 use ltx_pipelines::image::RgbImage;
 use ltx_pipelines::instantid::demo::{demo_face_models_dir, demo_instantid};
 use ltx_pipelines::instantid::{
-    analyze_faces, InstantIdModels, InstantIdParams, InstantIdPaths, InstantIdPipeline,
+    analyze_faces, to_rgb_image, InstantIdModels, InstantIdParams, InstantIdPaths,
+    InstantIdPipeline,
 };
 use ltx_pipelines::{MemoryOptions, OffloadMode, Progress};
-use tch::Kind;
 
 use crate::generate::{status_line, Dtype};
 
@@ -236,13 +236,7 @@ pub fn run(args: InstantIdArgs) -> anyhow::Result<()> {
     }
 
     let device = args.device.resolve()?.tch_device();
-    let dtype = match args.dtype {
-        Some(Dtype::Fp32) => Kind::Float,
-        Some(Dtype::Bf16) => Kind::BFloat16,
-        Some(Dtype::Fp16) => Kind::Half,
-        None if device == tch::Device::Cpu => Kind::Float,
-        None => Kind::BFloat16,
-    };
+    let dtype = Dtype::kind_on(args.dtype, device);
     let mem = MemoryOptions {
         mode: if device.is_cuda() {
             OffloadMode::Model
@@ -292,14 +286,9 @@ pub fn run(args: InstantIdArgs) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
-    let image = image.to_device(tch::Device::Cpu).contiguous();
-    let size = image.size();
-    let [h, w, 3] = size[..] else {
-        bail!("the pipeline gave a {size:?} tensor, not [H, W, 3]");
-    };
-    let bytes = Vec::<u8>::try_from(image.flatten(0, -1))?;
-    image::RgbImage::from_raw(w as u32, h as u32, bytes)
-        .context("the portrait's bytes do not fill it")?
+    let image = to_rgb_image(&image)?;
+    let (w, h) = image.dimensions();
+    image
         .save_with_format(&args.output, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(

@@ -70,23 +70,43 @@ pub(crate) fn content_type(req: &Request) -> String {
         .to_string()
 }
 
-pub(crate) fn too_large(state: &AppState) -> ApiError {
+fn too_large(state: &AppState) -> ApiError {
     ApiError::PayloadTooLarge {
         limit: state.limits().max_body_bytes,
     }
 }
 
-/// The body as JSON or as a multipart form, into one request type.
-async fn read_request(state: &AppState, req: Request) -> Result<I2vRequest, ApiError> {
+/// A request body as it arrived: a multipart form, or the bytes of a JSON one.
+pub(crate) enum RequestBody {
+    Form(Multipart),
+    Json(Bytes),
+}
+
+fn is_multipart(ctype: &str) -> bool {
+    ctype
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+}
+
+/// The `multipart/form-data` body of `req`; any other content type is a 415.
+pub(crate) async fn read_multipart(state: &AppState, req: Request) -> Result<Multipart, ApiError> {
     let ctype = content_type(&req);
-    let lower = ctype.to_ascii_lowercase();
-    if lower.starts_with("multipart/form-data") {
-        let form = Multipart::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        return read_form(state, form).await;
+    if !is_multipart(&ctype) {
+        return Err(ApiError::UnsupportedMediaType(ctype));
     }
-    if !lower.starts_with("application/json") {
+    Multipart::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// The body of `req`: a multipart form, or `application/json` read whole within the body
+/// limit; any other content type is a 415.
+pub(crate) async fn read_body(state: &AppState, req: Request) -> Result<RequestBody, ApiError> {
+    let ctype = content_type(&req);
+    if is_multipart(&ctype) {
+        return Ok(RequestBody::Form(read_multipart(state, req).await?));
+    }
+    if !ctype.to_ascii_lowercase().starts_with("application/json") {
         return Err(ApiError::UnsupportedMediaType(ctype));
     }
     let body = Bytes::from_request(req, state).await.map_err(|e| {
@@ -96,7 +116,15 @@ async fn read_request(state: &AppState, req: Request) -> Result<I2vRequest, ApiE
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    from_json(serde_json::from_slice(&body))
+    Ok(RequestBody::Json(body))
+}
+
+/// The body as JSON or as a multipart form, into one request type.
+async fn read_request(state: &AppState, req: Request) -> Result<I2vRequest, ApiError> {
+    match read_body(state, req).await? {
+        RequestBody::Form(form) => read_form(state, form).await,
+        RequestBody::Json(body) => from_json(serde_json::from_slice(&body)),
+    }
 }
 
 fn from_json(parsed: Result<I2vRequest, serde_json::Error>) -> Result<I2vRequest, ApiError> {

@@ -4,9 +4,7 @@
 //! done. Both validate every field, then analyse the faces before queueing (a photo without
 //! a face is a `422 no_face` at once), on the same job system.
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Query, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{Multipart, Query, Request, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -18,7 +16,8 @@ use crate::instantid_request::{
 };
 use crate::jobs::{InstantIdWork, Work, WorkKind};
 use crate::jobs_api::{
-    content_type, insert_text_part, part_error, submitted, too_large, wait_for, SubmitQuery,
+    insert_text_part, part_error, read_body, read_multipart, submitted, wait_for, RequestBody,
+    SubmitQuery,
 };
 use crate::routes::{ApiErrorBody, AppState, PngFile};
 use crate::ApiError;
@@ -90,30 +89,19 @@ async fn read_form(
 
 /// `POST /v1/instantid`'s body: JSON or multipart, into one request type.
 async fn read_request(state: &AppState, req: Request) -> Result<InstantIdRequest, ApiError> {
-    let ctype = content_type(&req);
-    let lower = ctype.to_ascii_lowercase();
-    if lower.starts_with("multipart/form-data") {
-        let form = Multipart::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        let (fields, uploads) = read_form(state, form, &FILE_PARTS).await?;
-        let mut request = InstantIdRequest::from_value(Value::Object(fields))?;
-        request.uploads = Some(uploads);
-        return Ok(request);
-    }
-    if !lower.starts_with("application/json") {
-        return Err(ApiError::UnsupportedMediaType(ctype));
-    }
-    let body = Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(state)
-        } else {
-            ApiError::BadRequest(e.body_text())
+    match read_body(state, req).await? {
+        RequestBody::Form(form) => {
+            let (fields, uploads) = read_form(state, form, &FILE_PARTS).await?;
+            let mut request = InstantIdRequest::from_value(Value::Object(fields))?;
+            request.uploads = Some(uploads);
+            Ok(request)
         }
-    })?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("not valid JSON: {e}")))?;
-    InstantIdRequest::from_value(value)
+        RequestBody::Json(body) => {
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("not valid JSON: {e}")))?;
+            InstantIdRequest::from_value(value)
+        }
+    }
 }
 
 /// Validates `request` (images decoded off the async executor), analyses its faces and
@@ -290,16 +278,7 @@ pub async fn service_instantid(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let ctype = content_type(&req);
-    if !ctype
-        .to_ascii_lowercase()
-        .starts_with("multipart/form-data")
-    {
-        return Err(ApiError::UnsupportedMediaType(ctype));
-    }
-    let form = Multipart::from_request(req, &state)
-        .await
-        .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let form = read_multipart(&state, req).await?;
     let (fields, uploads) = read_form(&state, form, &["face_image"]).await?;
     check_types(
         &fields,

@@ -40,7 +40,7 @@ use tch::{Device, Kind, Tensor};
 pub use face::{analyze_faces, FaceConditioning};
 pub use params::InstantIdParams;
 pub use pipeline::InstantIdPipeline;
-pub use run::{to_u8, Conditioning, PromptEmbeds, StepState};
+pub use run::{to_rgb_image, to_u8, Conditioning, PromptEmbeds, StepState};
 pub use workload::{instantid_workload, InstantIdShapes};
 
 /// Where the three parts of an InstantID model set are.

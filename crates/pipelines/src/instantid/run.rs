@@ -444,3 +444,23 @@ pub fn to_u8(image: &Tensor) -> Result<Tensor> {
         .f_round()?
         .f_to_kind(Kind::Uint8)?)
 }
+
+/// The pipeline's `[H, W, 3]` uint8 image (on any device) as an image the `image` crate
+/// writes.
+pub fn to_rgb_image(image: &Tensor) -> Result<image::RgbImage> {
+    let size = image.size();
+    let [h, w, 3] = size[..] else {
+        return Err(ModelError::InvalidInput(format!(
+            "expected an [H, W, 3] image, got {size:?}"
+        )));
+    };
+    let bytes = Vec::<u8>::try_from(
+        image
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_flatten(0, -1)?,
+    )?;
+    image::RgbImage::from_raw(w as u32, h as u32, bytes).ok_or_else(|| {
+        ModelError::InvalidInput(format!("{w}x{h}: the image's bytes do not fill it"))
+    })
+}

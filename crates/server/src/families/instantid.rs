@@ -283,17 +283,7 @@ impl ModelFamily for InstantIdFamily {
     ) -> Result<(), String> {
         ctx.stage(Stage::WritingImage);
         let fail = |e: &dyn std::fmt::Display| format!("writing the image: {e}");
-        let size = image.size();
-        let [h, w, 3] = size[..] else {
-            return Err(fail(&format!("expected [H, W, 3] bytes, got {size:?}")));
-        };
-        let bytes: Vec<u8> = image
-            .f_to_device(tch::Device::Cpu)
-            .and_then(|t| t.f_contiguous())
-            .and_then(|t| Vec::<u8>::try_from(t.f_flatten(0, -1)?))
-            .map_err(|e| fail(&e))?;
-        let img = image::RgbImage::from_raw(w as u32, h as u32, bytes)
-            .ok_or_else(|| fail(&"the image's bytes do not fill it"))?;
+        let img = ltx_pipelines::instantid::to_rgb_image(&image).map_err(|e| fail(&e))?;
         img.save_with_format(path, image::ImageFormat::Png)
             .map_err(|e| fail(&e))
     }
